@@ -1,0 +1,295 @@
+//! Types shared by the kernel side (`memprof-ebpf`) and the userspace side (`memprof`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so both sides agree on its layout, and
+//! every size is checked at compile time. With the `user` feature the types are `aya::Pod`, so
+//! userspace can read them straight out of BPF maps.
+#![no_std]
+
+/// Deepest user stack recorded (the kernel's default `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Which allocator entry point produced a record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllocKind {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Memalign = 6,
+    Valloc = 7,
+    Pvalloc = 8,
+    Mmap = 9,
+}
+
+impl AllocKind {
+    pub const ALL: [AllocKind; 10] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::Reallocarray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Memalign,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+        AllocKind::Mmap,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<AllocKind> {
+        if (v as usize) < Self::ALL.len() {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// The C function (or syscall) name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AllocKind::Malloc => "malloc",
+            AllocKind::Calloc => "calloc",
+            AllocKind::Realloc => "realloc",
+            AllocKind::Reallocarray => "reallocarray",
+            AllocKind::PosixMemalign => "posix_memalign",
+            AllocKind::AlignedAlloc => "aligned_alloc",
+            AllocKind::Memalign => "memalign",
+            AllocKind::Valloc => "valloc",
+            AllocKind::Pvalloc => "pvalloc",
+            AllocKind::Mmap => "mmap",
+        }
+    }
+}
+
+/// Key of the live-allocation map: one outstanding block of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+/// Value of the live-allocation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Id in the stack-trace map.
+    pub stack_id: u32,
+    /// An [`AllocKind`].
+    pub kind: u32,
+}
+
+/// Key of the per-stack totals map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub stack_id: u32,
+}
+
+/// Value of the per-stack totals map. Updated with atomic adds by the kernel, so a snapshot
+/// reads one entry per stack instead of walking every allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackTotals {
+    /// Bytes allocated at this stack and not yet freed.
+    pub live_bytes: i64,
+    /// Allocations made at this stack and not yet freed.
+    pub live_count: i64,
+    /// Bytes ever allocated at this stack (since attach).
+    pub total_bytes: u64,
+    /// Allocations ever made at this stack (since attach).
+    pub total_count: u64,
+}
+
+/// An allocator call in progress on one thread (entry probe → return probe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InFlight {
+    /// Requested size.
+    pub size: u64,
+    /// realloc: the old pointer; posix_memalign: the out-parameter address.
+    pub aux: u64,
+    /// User stack pointer at entry: tells the outermost call from nested ones and stale entries.
+    pub sp: u64,
+    /// When the outermost call started.
+    pub ts_ns: u64,
+    /// An [`AllocKind`].
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Arguments of an mmap/munmap/mremap syscall, saved at `sys_enter` for `sys_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    pub addr: u64,
+    pub len: u64,
+    pub new_len: u64,
+    /// A [`MemEventKind`].
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// What a [`MemEvent`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemEventKind {
+    Mmap = 1,
+    Munmap = 2,
+    Mremap = 3,
+    /// A process of the target called execve: its old image's memory is gone. `tgid` is it.
+    Exec = 4,
+    /// The kernel's OOM killer chose `tgid` as its victim (any process: userspace filters).
+    OomVictim = 5,
+}
+
+/// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
+/// can be split by partial munmaps, so userspace keeps them in an interval map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemEvent {
+    /// A [`MemEventKind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub addr: u64,
+    pub len: u64,
+    /// mremap: the new address and length.
+    pub new_addr: u64,
+    pub new_len: u64,
+    pub ts_ns: u64,
+    /// mmap: stack id, or -1 when the stack could not be recorded.
+    pub stack_id: i64,
+    /// mmap: the word at the user stack pointer at the syscall, which in a libc syscall wrapper
+    /// without a frame of its own is the return address into the wrapper's caller — the frame a
+    /// frame-pointer walk from a leaf misses. Userspace keeps it only if it points into code.
+    pub leaf_ret: u64,
+}
+
+/// Indices of the per-CPU lost/diagnostic counters. Everything lost is counted where it happens.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Allocation not recorded: the live-allocation map was full.
+    AllocsMapFull = 0,
+    /// Allocation not recorded: the per-stack totals map was full.
+    StacksMapFull = 1,
+    /// `bpf_get_stackid` failed (stack map full or hash collision): recorded under stack -1.
+    StackIdFailed = 2,
+    /// Return probe without a matching entry (entry missed or map full).
+    MissedEntry = 3,
+    /// Entry without a return: a stale in-flight record was replaced.
+    MissedReturn = 4,
+    /// In-flight map full: the call was not tracked.
+    InFlightMapFull = 5,
+    /// Ring buffer full: an mmap/munmap/mremap event was dropped.
+    EventsDropped = 6,
+    /// free() of an address not in the map (allocated before attach, or not tracked).
+    FreeUnknown = 7,
+    /// Allocations recorded.
+    Allocs = 8,
+    /// Frees matched to a recorded allocation.
+    Frees = 9,
+    /// Nested allocator calls ignored (calloc→malloc and the like): not losses.
+    Nested = 10,
+    /// mmap/munmap/mremap issued inside an allocator call: counted by the allocator call.
+    SyscallInsideAllocator = 11,
+    /// Failed allocations (NULL / non-zero return).
+    FailedAllocs = 12,
+    /// Address reported twice without a free in between (a free we did not see).
+    Overwritten = 13,
+    /// Thread stacks (`MAP_STACK` mappings) not tracked: bounded by the thread count, mostly
+    /// never touched, and not what a leak hunt looks for.
+    StackMappingsSkipped = 14,
+}
+
+pub const COUNTER_COUNT: u32 = 16;
+
+impl Counter {
+    pub const ALL: [Counter; 15] = [
+        Counter::AllocsMapFull,
+        Counter::StacksMapFull,
+        Counter::StackIdFailed,
+        Counter::MissedEntry,
+        Counter::MissedReturn,
+        Counter::InFlightMapFull,
+        Counter::EventsDropped,
+        Counter::FreeUnknown,
+        Counter::Allocs,
+        Counter::Frees,
+        Counter::Nested,
+        Counter::SyscallInsideAllocator,
+        Counter::FailedAllocs,
+        Counter::Overwritten,
+        Counter::StackMappingsSkipped,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::AllocsMapFull => "allocs_map_full",
+            Counter::StacksMapFull => "stacks_map_full",
+            Counter::StackIdFailed => "stack_id_failed",
+            Counter::MissedEntry => "missed_entry",
+            Counter::MissedReturn => "missed_return",
+            Counter::InFlightMapFull => "inflight_map_full",
+            Counter::EventsDropped => "events_dropped",
+            Counter::FreeUnknown => "free_unknown",
+            Counter::Allocs => "allocs",
+            Counter::Frees => "frees",
+            Counter::Nested => "nested_calls",
+            Counter::SyscallInsideAllocator => "syscalls_inside_allocator",
+            Counter::FailedAllocs => "failed_allocs",
+            Counter::Overwritten => "overwritten",
+            Counter::StackMappingsSkipped => "stack_mappings_skipped",
+        }
+    }
+
+    /// Whether the counter stands for data memprof lost (as opposed to a plain statistic).
+    pub const fn is_loss(self) -> bool {
+        matches!(
+            self,
+            Counter::AllocsMapFull
+                | Counter::StacksMapFull
+                | Counter::StackIdFailed
+                | Counter::MissedEntry
+                | Counter::MissedReturn
+                | Counter::InFlightMapFull
+                | Counter::EventsDropped
+                | Counter::Overwritten
+        )
+    }
+}
+
+/// Scope filter modes (read-only global `FILTER_MODE`).
+pub const FILTER_CGROUP: u32 = 1;
+pub const FILTER_TGID: u32 = 2;
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+assert_size!(AllocKey, 16);
+assert_size!(AllocInfo, 24);
+assert_size!(StackKey, 8);
+assert_size!(StackTotals, 32);
+assert_size!(InFlight, 40);
+assert_size!(SyscallArgs, 32);
+assert_size!(MemEvent, 64);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for StackTotals {}
+    unsafe impl aya::Pod for InFlight {}
+    unsafe impl aya::Pod for MemEvent {}
+}

@@ -1,0 +1,236 @@
+//! The malloc family: an entry probe remembers the call, the return probe records the block.
+//!
+//! Nesting (calloc→malloc inside some libcs, realloc→malloc) is told apart by the user stack
+//! pointer: a call made while an outer allocator call of the same thread is in progress runs
+//! deeper on the stack (lower `sp`), and only the outermost call's return (at `sp + 8`, after
+//! `ret` popped the return address) records anything. An entry whose return was never seen is
+//! recognised the same way (its `sp` is below the new call's) and replaced, so a missed return
+//! cannot swallow a thread's later allocations.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use memprof_common::{AllocInfo, AllocKey, AllocKind, Counter, InFlight, StackKey, StackTotals};
+
+use crate::{
+    free::free_block,
+    maps::{ALLOCS, INFLIGHT, STACK_TOTALS, STACKS, atomic_add, count},
+    scope::{current, in_scope},
+};
+
+/// Stack id recorded when `bpf_get_stackid` fails.
+pub const NO_STACK: u32 = u32::MAX;
+
+#[inline(always)]
+fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    unsafe { (*regs).rsp }
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(), i64> {
+    let id = current();
+    if !in_scope(id) {
+        return Ok(());
+    }
+    let sp = user_sp(ctx);
+    if let Some(outer) = unsafe { INFLIGHT.get(id) } {
+        if sp < outer.sp {
+            count(Counter::Nested);
+            return Ok(());
+        }
+        count(Counter::MissedReturn);
+    }
+    let call = InFlight {
+        size,
+        aux,
+        sp,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        kind: kind as u32,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(id, call, 0).is_err() {
+        count(Counter::InFlightMapFull);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::Malloc, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    let _ = enter(&ctx, AllocKind::Calloc, size, 0);
+    0
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::Realloc, arg(&ctx, 1), arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    let _ = enter(&ctx, AllocKind::Reallocarray, size, arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::AlignedAlloc, arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::Memalign, arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::Valloc, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    // pvalloc rounds the size up to a whole number of pages.
+    let size = (arg(&ctx, 0) + 4095) & !4095;
+    let _ = enter(&ctx, AllocKind::Pvalloc, size, 0);
+    0
+}
+
+/// One return probe serves every allocation function; the in-flight record says which.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let _ = try_alloc_return(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
+    let id = current();
+    if !in_scope(id) {
+        return Ok(());
+    }
+    let Some(call) = (unsafe { INFLIGHT.get(id) }).copied() else {
+        count(Counter::MissedEntry);
+        return Ok(());
+    };
+    let sp = user_sp(ctx);
+    let expected = call.sp + 8;
+    if sp < expected {
+        // A nested allocator call returning inside the outer one.
+        return Ok(());
+    }
+    let _ = INFLIGHT.remove(id);
+    if sp > expected {
+        // The outer call's own return was missed (longjmp, uretprobe depth limit).
+        count(Counter::MissedReturn);
+        return Ok(());
+    }
+    let tgid = (id >> 32) as u32;
+    let ret: u64 = ctx.ret();
+    let kind = AllocKind::from_u32(call.kind).unwrap_or(AllocKind::Malloc);
+    let addr = match kind {
+        AllocKind::PosixMemalign => {
+            if ret as u32 != 0 {
+                count(Counter::FailedAllocs);
+                return Ok(());
+            }
+            unsafe { bpf_probe_read_user(call.aux as *const u64) }.unwrap_or(0)
+        }
+        AllocKind::Realloc | AllocKind::Reallocarray => {
+            let old = call.aux;
+            if ret == 0 {
+                if call.size == 0 && old != 0 {
+                    // realloc(p, 0) freed p.
+                    free_block(tgid, old, Some(call.ts_ns));
+                } else {
+                    count(Counter::FailedAllocs);
+                }
+                return Ok(());
+            }
+            if old != 0 {
+                // The old block is gone (moved or resized in place). Only a record older than
+                // this call is ours: a newer one at that address belongs to another thread's
+                // allocation made after realloc released the block.
+                free_block(tgid, old, Some(call.ts_ns));
+            }
+            ret
+        }
+        _ => ret,
+    };
+    if addr == 0 {
+        count(Counter::FailedAllocs);
+        return Ok(());
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            count(Counter::StackIdFailed);
+            NO_STACK
+        }
+    };
+    record(tgid, addr, call.size, call.ts_ns, stack_id, kind);
+    Ok(())
+}
+
+/// Adds one live block to the allocation map and its stack's totals.
+#[inline(always)]
+pub fn record(tgid: u32, addr: u64, size: u64, ts_ns: u64, stack_id: u32, kind: AllocKind) {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    if unsafe { ALLOCS.get(&key) }.is_some() {
+        // A free we did not see (an allocator path we do not probe): retire the old record.
+        count(Counter::Overwritten);
+        free_block(tgid, addr, None);
+    }
+    let skey = StackKey { tgid, stack_id };
+    let totals = match STACK_TOTALS.get_ptr_mut(&skey) {
+        Some(t) => t,
+        None => {
+            let _ = STACK_TOTALS.insert(&skey, &StackTotals::default(), BPF_NOEXIST as u64);
+            match STACK_TOTALS.get_ptr_mut(&skey) {
+                Some(t) => t,
+                None => {
+                    count(Counter::StacksMapFull);
+                    return;
+                }
+            }
+        }
+    };
+    let info = AllocInfo { size, ts_ns, stack_id, kind: kind as u32 };
+    if ALLOCS.insert(&key, &info, 0).is_err() {
+        count(Counter::AllocsMapFull);
+        return;
+    }
+    unsafe {
+        atomic_add(&raw mut (*totals).live_bytes, size as i64);
+        atomic_add(&raw mut (*totals).live_count, 1);
+        atomic_add((&raw mut (*totals).total_bytes).cast(), size as i64);
+        atomic_add((&raw mut (*totals).total_count).cast(), 1);
+    }
+    count(Counter::Allocs);
+}

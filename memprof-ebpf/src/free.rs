@@ -1,0 +1,61 @@
+//! free(): an entry probe is enough (the pointer is the first argument).
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use memprof_common::{AllocKey, Counter, StackKey};
+
+use crate::{
+    maps::{ALLOCS, STACK_TOTALS, atomic_add, count},
+    scope::{current, in_scope},
+};
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_free_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
+    let id = current();
+    if !in_scope(id) {
+        return Ok(());
+    }
+    let addr: u64 = ctx.arg(0).unwrap_or(0);
+    if addr != 0 {
+        free_block(id_tgid(id), addr, None);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn id_tgid(id: u64) -> u32 {
+    (id >> 32) as u32
+}
+
+/// Retires the live block at `addr`, if recorded (and, with `not_after`, only if it was
+/// allocated no later than that time).
+#[inline(always)]
+pub fn free_block(tgid: u32, addr: u64, not_after: Option<u64>) {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
+        count(Counter::FreeUnknown);
+        return;
+    };
+    if let Some(t) = not_after {
+        if info.ts_ns > t {
+            return;
+        }
+    }
+    // Only the thread whose delete succeeds adjusts the totals, so a block is retired once.
+    if ALLOCS.remove(&key).is_err() {
+        return;
+    }
+    let skey = StackKey { tgid, stack_id: info.stack_id };
+    if let Some(t) = STACK_TOTALS.get_ptr_mut(&skey) {
+        unsafe {
+            atomic_add(&raw mut (*t).live_bytes, -(info.size as i64));
+            atomic_add(&raw mut (*t).live_count, -1);
+        }
+    }
+    count(Counter::Frees);
+}

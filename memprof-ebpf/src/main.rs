@@ -1,0 +1,25 @@
+//! memprof's kernel side: probes on the allocator functions and the mmap family of syscalls.
+//!
+//! Each program is a thin wrapper around a `try_*` function; the logic lives in [`alloc`],
+//! [`free`] and [`mmap`], the maps in [`maps`] and the target filter in [`scope`].
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod alloc;
+mod free;
+mod maps;
+mod mmap;
+mod process;
+mod scope;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

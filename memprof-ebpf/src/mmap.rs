@@ -1,0 +1,180 @@
+//! Anonymous mappings made by the program itself (not by its allocator): mmap, munmap and
+//! mremap through syscall tracepoints. A syscall issued while the same thread is inside a tracked
+//! allocator call is skipped — the allocator call already accounts for those bytes.
+//!
+//! Events go to userspace, which keeps the mappings in an interval map (partial munmaps split
+//! them; mremap moves them).
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
+    },
+    macros::tracepoint,
+    programs::{TracePointContext, tracing::StackIdContext},
+};
+use memprof_common::{Counter, MemEvent, MemEventKind, SyscallArgs};
+
+use crate::{
+    maps::{EVENTS, INFLIGHT, STACKS, SYSCALL_ARGS, count},
+    scope::{current, in_scope},
+};
+
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_STACK: u64 = 0x20000;
+/// Offset of the first syscall argument (and of `ret` in sys_exit) in the tracepoint record.
+const ARG0: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+/// Saves the arguments of a syscall we care about, unless an allocator call is in progress.
+#[inline(always)]
+fn save(kind: MemEventKind, addr: u64, len: u64, new_len: u64) {
+    let id = current();
+    if !in_scope(id) {
+        return;
+    }
+    if unsafe { INFLIGHT.get(id) }.is_some() {
+        count(Counter::SyscallInsideAllocator);
+        return;
+    }
+    let args = SyscallArgs { addr, len, new_len, kind: kind as u32, _pad: 0 };
+    let _ = SYSCALL_ARGS.insert(id, args, 0);
+}
+
+#[inline(always)]
+fn take(kind: MemEventKind) -> Option<SyscallArgs> {
+    let id = current();
+    let args = (unsafe { SYSCALL_ARGS.get(id) }).copied()?;
+    let _ = SYSCALL_ARGS.remove(id);
+    (args.kind == kind as u32).then_some(args)
+}
+
+#[inline(always)]
+fn page_round(len: u64) -> u64 {
+    (len + 4095) & !4095
+}
+
+#[inline(always)]
+pub fn emit(ev: MemEvent) {
+    if EVENTS.output::<MemEvent>(&ev, 0).is_err() {
+        count(Counter::EventsDropped);
+    }
+}
+
+/// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
+#[inline(always)]
+fn leaf_return_address() -> u64 {
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
+        if regs.is_null() {
+            return 0;
+        }
+        let Ok(sp) = bpf_probe_read_kernel(&raw const (*regs).rsp) else {
+            return 0;
+        };
+        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let flags = arg(&ctx, 3);
+    if flags & MAP_ANONYMOUS == 0 {
+        return 0;
+    }
+    if flags & MAP_STACK != 0 {
+        if in_scope(current()) {
+            count(Counter::StackMappingsSkipped);
+        }
+        return 0;
+    }
+    save(MemEventKind::Mmap, 0, arg(&ctx, 1), 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let Some(args) = take(MemEventKind::Mmap) else { return 0 };
+    let ret = arg(&ctx, 0);
+    if (ret as i64) < 0 && (ret as i64) > -4096 {
+        return 0;
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id,
+        Err(_) => {
+            count(Counter::StackIdFailed);
+            -1
+        }
+    };
+    emit(MemEvent {
+        kind: MemEventKind::Mmap as u32,
+        tgid: (current() >> 32) as u32,
+        addr: ret,
+        len: page_round(args.len),
+        new_addr: 0,
+        new_len: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+        leaf_ret: leaf_return_address(),
+    });
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
+    save(MemEventKind::Munmap, arg(&ctx, 0), arg(&ctx, 1), 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    let Some(args) = take(MemEventKind::Munmap) else { return 0 };
+    if arg(&ctx, 0) != 0 {
+        return 0;
+    }
+    emit(MemEvent {
+        kind: MemEventKind::Munmap as u32,
+        tgid: (current() >> 32) as u32,
+        addr: args.addr,
+        len: page_round(args.len),
+        new_addr: 0,
+        new_len: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: -1,
+        leaf_ret: 0,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
+    save(MemEventKind::Mremap, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
+    let Some(args) = take(MemEventKind::Mremap) else { return 0 };
+    let ret = arg(&ctx, 0);
+    if (ret as i64) < 0 && (ret as i64) > -4096 {
+        return 0;
+    }
+    emit(MemEvent {
+        kind: MemEventKind::Mremap as u32,
+        tgid: (current() >> 32) as u32,
+        addr: args.addr,
+        len: page_round(args.len),
+        new_addr: ret,
+        new_len: page_round(args.new_len),
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: -1,
+        leaf_ret: 0,
+    });
+    0
+}

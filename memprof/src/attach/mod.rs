@@ -1,0 +1,266 @@
+//! Loading the BPF object and placing probes.
+//!
+//! Uprobes are attached per process (a perf event filtered on the process), so processes outside
+//! the target never trap on a shared library such as the host's libc. Each process gets probes on
+//! every ELF object it maps that defines allocator functions (libc, jemalloc, the executable
+//! itself when statically linked), reached through `/proc/PID/map_files`, so a container's own
+//! libc is probed, not the host's.
+//!
+//! Order matters for exactness: `free` first, then the return probes, then the entry probes, so
+//! no block can be recorded whose free would go unseen, and no entry lacks its return probe.
+
+pub mod elf;
+
+use std::collections::{BTreeSet, HashMap};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId, uprobe::UProbeScope},
+};
+use log::{debug, info, warn};
+use memprof_common::{FILTER_CGROUP, FILTER_TGID};
+
+use crate::{
+    report::ProbeInfo,
+    target::maps::{self, MapEntry},
+};
+use elf::{ElfInfo, scan_allocator_symbols};
+
+/// The compiled kernel side, built by build.rs with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
+
+/// Which threads the kernel side records.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    /// A cgroup v2 (id = inode of its directory, level = depth below the root) and descendants.
+    Cgroup { id: u64, level: u32 },
+    /// One process.
+    Process { tgid: u32 },
+}
+
+/// Map sizes, set at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub allocs: u32,
+    pub stacks: u32,
+    pub stack_totals: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("failed to load the BPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("failed to load BPF program {name}: {source}")]
+    Program { name: String, source: aya::programs::ProgramError },
+    #[error("failed to attach tracepoint {name}: {source}")]
+    Tracepoint { name: String, source: aya::programs::ProgramError },
+}
+
+/// Entry programs by canonical function name; every allocating function shares one return
+/// program.
+const ENTRY_PROGRAMS: &[(&str, &str)] = &[
+    ("malloc", "malloc_enter"),
+    ("calloc", "calloc_enter"),
+    ("realloc", "realloc_enter"),
+    ("reallocarray", "reallocarray_enter"),
+    ("posix_memalign", "posix_memalign_enter"),
+    ("aligned_alloc", "aligned_alloc_enter"),
+    ("memalign", "memalign_enter"),
+    ("valloc", "valloc_enter"),
+    ("pvalloc", "pvalloc_enter"),
+    ("free", "free_enter"),
+];
+const RETURN_PROGRAM: &str = "alloc_return";
+/// (category, event, program, required).
+const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("syscalls", "sys_enter_mmap", "sys_enter_mmap", true),
+    ("syscalls", "sys_exit_mmap", "sys_exit_mmap", true),
+    ("syscalls", "sys_enter_munmap", "sys_enter_munmap", true),
+    ("syscalls", "sys_exit_munmap", "sys_exit_munmap", true),
+    ("syscalls", "sys_enter_mremap", "sys_enter_mremap", true),
+    ("syscalls", "sys_exit_mremap", "sys_exit_mremap", true),
+    ("sched", "sched_process_exec", "sched_process_exec", false),
+    ("oom", "mark_victim", "oom_mark_victim", false),
+];
+
+/// One (file, process) pair we placed probes for.
+type ObjectKey = (u32, u32, u64);
+
+/// The loaded BPF object and every probe placed in it.
+pub struct Probes {
+    pub bpf: Ebpf,
+    /// Parsed allocator symbols per object (dev major, dev minor, inode).
+    elf_cache: HashMap<ObjectKey, Option<ElfInfo>>,
+    /// Objects already probed, per process.
+    attached: HashMap<u32, BTreeSet<ObjectKey>>,
+    /// Links per process, to detach when it exits.
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// What was placed (or failed), for the summary.
+    pub placed: Vec<ProbeInfo>,
+    /// Uprobe attach failures.
+    pub attach_failures: u64,
+    /// Optional tracepoints that could not be attached (exec, OOM victim).
+    pub optional_failures: Vec<String>,
+}
+
+impl Probes {
+    /// Loads the BPF object with the scope and map sizes as load-time settings, and attaches the
+    /// mmap-family tracepoints (which filter on the scope themselves).
+    pub fn load(scope: Scope, sizes: MapSizes) -> Result<Probes, AttachError> {
+        let (mode, cg_id, cg_level, tgid) = match scope {
+            Scope::Cgroup { id, level } => (FILTER_CGROUP, id, level, 0u32),
+            Scope::Process { tgid } => (FILTER_TGID, 0u64, 0u32, tgid),
+        };
+        let mut bpf = EbpfLoader::new()
+            .override_global("FILTER_MODE", &mode, true)
+            .override_global("TARGET_CGROUP_ID", &cg_id, true)
+            .override_global("TARGET_CGROUP_LEVEL", &cg_level, true)
+            .override_global("TARGET_TGID", &tgid, true)
+            .map_max_entries("ALLOCS", sizes.allocs)
+            .map_max_entries("STACKS", sizes.stacks)
+            .map_max_entries("STACK_TOTALS", sizes.stack_totals)
+            .load(EBPF_OBJECT)?;
+        let uprobe_names = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).chain([RETURN_PROGRAM]);
+        for name in uprobe_names {
+            let prog: &mut UProbe = program(&mut bpf, name)?;
+            prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
+        }
+        let mut optional_failures = Vec::new();
+        for &(category, event, name, required) in TRACEPOINTS {
+            let prog: &mut TracePoint = program(&mut bpf, name)?;
+            prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
+            if let Err(source) = prog.attach(category, event) {
+                if required {
+                    return Err(AttachError::Tracepoint { name: format!("{category}:{event}"), source });
+                }
+                warn!("optional tracepoint {category}:{event} not attached: {source}");
+                optional_failures.push(format!("{category}:{event}"));
+            }
+        }
+        Ok(Probes {
+            bpf,
+            elf_cache: HashMap::new(),
+            attached: HashMap::new(),
+            links: HashMap::new(),
+            placed: Vec::new(),
+            attach_failures: 0,
+            optional_failures,
+        })
+    }
+
+    /// Places probes on every allocator object `pid` maps that it does not have probes on yet.
+    /// Returns the number of probes placed.
+    pub fn attach_process(&mut self, pid: u32) -> usize {
+        let Ok(entries) = maps::read_maps(pid) else { return 0 };
+        let mut placed = 0;
+        let mut seen = BTreeSet::new();
+        for e in entries.iter().filter(|e| e.is_exec() && e.is_file_backed()) {
+            let key = (e.dev_major, e.dev_minor, e.inode);
+            if !seen.insert(key) || self.attached.get(&pid).is_some_and(|s| s.contains(&key)) {
+                continue;
+            }
+            let path = maps::map_files_path(pid, e);
+            let info = self
+                .elf_cache
+                .entry(key)
+                .or_insert_with(|| match scan_allocator_symbols(&path) {
+                    Ok(info) => Some(info),
+                    Err(err) => {
+                        debug!("{}: not scanned: {err}", display(e));
+                        None
+                    }
+                })
+                .clone();
+            self.attached.entry(pid).or_default().insert(key);
+            let Some(info) = info else { continue };
+            if info.symbols.is_empty() {
+                continue;
+            }
+            placed += self.attach_object(pid, e, &info);
+        }
+        placed
+    }
+
+    fn attach_object(&mut self, pid: u32, e: &MapEntry, info: &ElfInfo) -> usize {
+        let path = maps::map_files_path(pid, e);
+        let Some(pid_nz) = std::num::NonZeroU32::new(pid) else { return 0 };
+        let mut placed = 0;
+        // free first, then returns, then entries (see the module documentation).
+        let mut plan: Vec<(&'static str, &'static str, u64)> = Vec::new();
+        for sym in info.symbols.iter().filter(|s| s.name == "free") {
+            plan.push(("free", "free_enter", sym.file_offset));
+        }
+        for sym in info.symbols.iter().filter(|s| s.name != "free") {
+            plan.push((sym.name, RETURN_PROGRAM, sym.file_offset));
+        }
+        for sym in info.symbols.iter().filter(|s| s.name != "free") {
+            if let Some((_, prog)) = ENTRY_PROGRAMS.iter().find(|(f, _)| *f == sym.name) {
+                plan.push((sym.name, prog, sym.file_offset));
+            }
+        }
+        for (func, prog_name, offset) in plan {
+            let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
+                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(pid_nz))
+                    .map_err(|e| format!("{e}"))
+            });
+            let object = e.path.clone().unwrap_or_default();
+            match result {
+                Ok(link) => {
+                    placed += 1;
+                    self.links.entry(pid).or_default().push((prog_name, link));
+                    if !self.placed.iter().any(|p| p.object == object && p.function == func && p.offset == offset) {
+                        self.placed.push(ProbeInfo { object, function: func.into(), offset, attached: true, error: None });
+                    }
+                }
+                Err(err) => {
+                    self.attach_failures += 1;
+                    warn!("failed to attach {prog_name} to {func} in {object} (pid {pid}): {err}");
+                    self.placed.push(ProbeInfo { object, function: func.into(), offset, attached: false, error: Some(err) });
+                }
+            }
+        }
+        if placed > 0 {
+            info!(
+                "pid {pid}: probed {} ({})",
+                display(e),
+                info.symbols.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+        placed
+    }
+
+    /// Detaches a process's probes (it exited).
+    pub fn detach_process(&mut self, pid: u32) {
+        self.attached.remove(&pid);
+        for (prog_name, link) in self.links.remove(&pid).unwrap_or_default() {
+            if let Ok(prog) = program::<UProbe>(&mut self.bpf, prog_name) {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+
+    /// Number of processes with probes.
+    pub fn process_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Total live uprobe links.
+    pub fn link_count(&self) -> usize {
+        self.links.values().map(Vec::len).sum()
+    }
+}
+
+fn display(e: &MapEntry) -> String {
+    e.path.clone().unwrap_or_else(|| format!("inode {}", e.inode))
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, AttachError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = bpf.program_mut(name).ok_or_else(|| AttachError::Program {
+        name: name.into(),
+        source: aya::programs::ProgramError::InvalidName { name: name.into() },
+    })?;
+    prog.try_into().map_err(|source| AttachError::Program { name: name.into(), source })
+}

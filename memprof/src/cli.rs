@@ -1,0 +1,56 @@
+//! Command-line options.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Find what keeps memory in a container: outstanding allocations by call stack, as flamegraphs.
+#[derive(Debug, Parser)]
+#[command(name = "memprof", version, about, long_about = None)]
+pub struct Opt {
+    /// The cgroup to profile (with its descendants): an absolute path, a path relative to the
+    /// cgroup v2 mount, or a directory name searched in the cgroup v2 tree.
+    #[arg(long, value_name = "PATH|NAME", required_unless_present = "pid", conflicts_with = "pid")]
+    pub cgroup: Option<String>,
+
+    /// Profile one process instead of a cgroup.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Stop after this long (`30s`, `5m`, `7d`); default: until Ctrl-C or every target process
+    /// has exited.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Time between snapshots.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Where to write the artifacts (default: ./memprof-<target>-<UTC time>/).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+
+    /// Stacks shown in the terminal summary.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+
+    /// Most live allocations tracked at once (kernel map size).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_allocations: u32,
+
+    /// Most distinct call stacks recorded (kernel map size).
+    #[arg(long, default_value_t = 1 << 14, value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_stacks: u32,
+
+    /// More log output (-v: debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err("the interval must be at least 100ms".into());
+    }
+    Ok(d)
+}

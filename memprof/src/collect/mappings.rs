@@ -1,0 +1,165 @@
+//! Anonymous mappings made directly by the target (not by its allocator), kept per process as an
+//! interval map so partial munmaps split them and mremap moves them. Each byte is kept once.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Who made a mapping: the stack id and the extra leaf return address (see `MemEvent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingOrigin {
+    pub stack_id: u32,
+    pub leaf_ret: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    end: u64,
+    origin: MappingOrigin,
+}
+
+/// Live anonymous mappings of every process.
+#[derive(Debug, Default)]
+pub struct Mappings {
+    by_pid: HashMap<u32, BTreeMap<u64, Region>>,
+    /// Allocations ever recorded per (pid, origin): count and bytes.
+    totals: HashMap<(u32, MappingOrigin), (u64, u64)>,
+}
+
+impl Mappings {
+    /// A new mapping [addr, addr+len). An overlapping old record (MAP_FIXED over it) is replaced.
+    pub fn map(&mut self, pid: u32, addr: u64, len: u64, origin: MappingOrigin) {
+        if len == 0 {
+            return;
+        }
+        self.unmap(pid, addr, len);
+        self.by_pid.entry(pid).or_default().insert(addr, Region { end: addr + len, origin });
+        let t = self.totals.entry((pid, origin)).or_default();
+        t.0 += 1;
+        t.1 += len;
+    }
+
+    /// Removes [addr, addr+len) from whatever records overlap it, splitting them as needed.
+    pub fn unmap(&mut self, pid: u32, addr: u64, len: u64) {
+        let Some(regions) = self.by_pid.get_mut(&pid) else { return };
+        let end = addr.saturating_add(len);
+        let overlapping: Vec<(u64, Region)> = regions
+            .range(..end)
+            .rev()
+            .take_while(|(_, r)| r.end > addr)
+            .map(|(s, r)| (*s, *r))
+            .collect();
+        for (start, r) in overlapping {
+            regions.remove(&start);
+            if start < addr {
+                regions.insert(start, Region { end: addr, origin: r.origin });
+            }
+            if r.end > end {
+                regions.insert(end, Region { end: r.end, origin: r.origin });
+            }
+        }
+    }
+
+    /// mremap: the part of [old, old+old_len) that we track moves to [new, new+new_len) (only the
+    /// first record's origin is kept; growth is attributed to it).
+    pub fn remap(&mut self, pid: u32, old: u64, old_len: u64, new: u64, new_len: u64) {
+        let Some(regions) = self.by_pid.get(&pid) else { return };
+        let origin = regions
+            .range(..old.saturating_add(old_len.max(1)))
+            .next_back()
+            .filter(|(_, r)| r.end > old)
+            .map(|(_, r)| r.origin);
+        let Some(origin) = origin else { return };
+        self.unmap(pid, old, old_len);
+        self.unmap(pid, new, new_len);
+        self.by_pid.entry(pid).or_default().insert(new, Region { end: new + new_len, origin });
+    }
+
+    /// Drops a process's records; returns the bytes it still had mapped.
+    pub fn forget(&mut self, pid: u32) -> u64 {
+        self.totals.retain(|(p, _), _| *p != pid);
+        self.by_pid
+            .remove(&pid)
+            .map(|r| r.iter().map(|(s, r)| r.end - s).sum())
+            .unwrap_or(0)
+    }
+
+    /// Live bytes and mapping counts per (pid, origin), plus totals ever mapped.
+    pub fn live(&self) -> Vec<(u32, MappingOrigin, u64, u64, u64, u64)> {
+        let mut live: HashMap<(u32, MappingOrigin), (u64, u64)> = HashMap::new();
+        for (pid, regions) in &self.by_pid {
+            for (start, r) in regions {
+                let e = live.entry((*pid, r.origin)).or_default();
+                e.0 += r.end - start;
+                e.1 += 1;
+            }
+        }
+        let mut out: Vec<_> = self
+            .totals
+            .iter()
+            .map(|(&(pid, origin), &(tc, tb))| {
+                let (lb, lc) = live.get(&(pid, origin)).copied().unwrap_or_default();
+                (pid, origin, lb, lc, tb, tc)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const O: MappingOrigin = MappingOrigin { stack_id: 1, leaf_ret: 0 };
+    const P: u64 = 4096;
+
+    fn live_bytes(m: &Mappings) -> u64 {
+        m.live().iter().map(|l| l.2).sum()
+    }
+
+    #[test]
+    fn partial_unmaps_split() {
+        let mut m = Mappings::default();
+        m.map(1, 10 * P, 4 * P, O);
+        m.unmap(1, 11 * P, P); // middle
+        assert_eq!(live_bytes(&m), 3 * P);
+        m.unmap(1, 10 * P, P); // head
+        m.unmap(1, 13 * P, P); // tail
+        assert_eq!(live_bytes(&m), P);
+        m.unmap(1, 0, 100 * P); // everything around
+        assert_eq!(live_bytes(&m), 0);
+        assert_eq!(m.live()[0].5, 1, "one mapping ever made");
+    }
+
+    #[test]
+    fn unmap_spanning_two_records_and_other_pid_untouched() {
+        let mut m = Mappings::default();
+        m.map(1, 10 * P, 2 * P, O);
+        m.map(1, 12 * P, 2 * P, O);
+        m.map(2, 10 * P, 2 * P, O);
+        m.unmap(1, 11 * P, 2 * P);
+        assert_eq!(live_bytes(&m), 2 * P + 2 * P);
+        assert_eq!(m.forget(2), 2 * P);
+        assert_eq!(live_bytes(&m), 2 * P);
+    }
+
+    #[test]
+    fn remap_moves_and_grows() {
+        let mut m = Mappings::default();
+        m.map(1, 10 * P, 2 * P, O);
+        m.remap(1, 10 * P, 2 * P, 50 * P, 5 * P);
+        assert_eq!(live_bytes(&m), 5 * P);
+        m.unmap(1, 50 * P, 5 * P);
+        assert_eq!(live_bytes(&m), 0);
+        // Remapping something we do not track changes nothing.
+        m.remap(1, 90 * P, P, 95 * P, P);
+        assert_eq!(live_bytes(&m), 0);
+    }
+
+    #[test]
+    fn map_fixed_over_record_replaces_it() {
+        let mut m = Mappings::default();
+        m.map(1, 10 * P, 4 * P, O);
+        m.map(1, 12 * P, 4 * P, MappingOrigin { stack_id: 2, leaf_ret: 0 });
+        assert_eq!(live_bytes(&m), 6 * P);
+    }
+}

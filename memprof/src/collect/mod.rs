@@ -1,0 +1,202 @@
+//! Reading the kernel's maps into snapshots: per-stack live totals (one map entry per stack, no
+//! walk over allocations), mapping events from the ring buffer, and the lost-event counters.
+
+pub mod mappings;
+
+use std::collections::{BTreeMap, HashMap};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+};
+use log::warn;
+use memprof_common::{AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
+
+use mappings::{MappingOrigin, Mappings};
+
+/// Stack id the kernel records when it could not capture a stack.
+pub const NO_STACK: u32 = u32::MAX;
+
+/// One stack of one process, as the kernel identifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackRef {
+    pub pid: u32,
+    pub stack_id: u32,
+    /// For mappings made from a syscall wrapper: the return address into its caller (0: none).
+    pub leaf_ret: u64,
+}
+
+/// Something in the event stream the run loop must act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The process made an anonymous mapping (make sure we know it).
+    Mapped(u32),
+    /// The process called execve.
+    Exec(u32),
+    /// The OOM killer chose this process (maybe not ours).
+    OomVictim(u32),
+}
+
+/// Live and total figures of one stack at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackSample {
+    pub live_bytes: u64,
+    pub live_count: u64,
+    pub total_bytes: u64,
+    pub total_count: u64,
+}
+
+/// The per-stack state at one moment.
+pub type Snapshot = BTreeMap<StackRef, StackSample>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("BPF map {0} is missing")]
+    MissingMap(&'static str),
+    #[error("failed to read BPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> CollectError {
+    move |source| CollectError::Map { name, source }
+}
+
+/// Reads the kernel side's state.
+pub struct Collector {
+    events: RingBuf<MapData>,
+    pub mappings: Mappings,
+    stack_cache: HashMap<u32, Vec<u64>>,
+    /// Mapping events seen (statistics).
+    pub mapping_events: u64,
+}
+
+impl Collector {
+    pub fn new(bpf: &mut Ebpf) -> Result<Collector, CollectError> {
+        let map = bpf.take_map("EVENTS").ok_or(CollectError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
+        Ok(Collector { events, mappings: Mappings::default(), stack_cache: HashMap::new(), mapping_events: 0 })
+    }
+
+    /// Applies every pending mapping event and returns what the caller must act on.
+    pub fn drain_events(&mut self) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() < std::mem::size_of::<MemEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a MemEvent (repr(C), plain data); read unaligned.
+            let ev: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            self.mapping_events += 1;
+            match ev.kind {
+                k if k == MemEventKind::Mmap as u32 => {
+                    let stack_id = if ev.stack_id < 0 { NO_STACK } else { ev.stack_id as u32 };
+                    let origin = MappingOrigin { stack_id, leaf_ret: ev.leaf_ret };
+                    self.mappings.map(ev.tgid, ev.addr, ev.len, origin);
+                    notices.push(Notice::Mapped(ev.tgid));
+                }
+                k if k == MemEventKind::Munmap as u32 => self.mappings.unmap(ev.tgid, ev.addr, ev.len),
+                k if k == MemEventKind::Mremap as u32 => {
+                    self.mappings.remap(ev.tgid, ev.addr, ev.len, ev.new_addr, ev.new_len)
+                }
+                k if k == MemEventKind::Exec as u32 => notices.push(Notice::Exec(ev.tgid)),
+                k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
+                _ => {}
+            }
+        }
+        notices.dedup();
+        notices
+    }
+
+    /// Reads the per-stack totals (and the mapping table) into a snapshot.
+    pub fn snapshot(&mut self, bpf: &Ebpf) -> Result<Snapshot, CollectError> {
+        let mut snap = Snapshot::new();
+        let map = bpf.map("STACK_TOTALS").ok_or(CollectError::MissingMap("STACK_TOTALS"))?;
+        let totals: BpfHashMap<_, StackKey, StackTotals> =
+            BpfHashMap::try_from(map).map_err(map_err("STACK_TOTALS"))?;
+        for entry in totals.iter() {
+            let Ok((k, v)) = entry else { continue };
+            let key = StackRef { pid: k.tgid, stack_id: k.stack_id, leaf_ret: 0 };
+            snap.insert(
+                key,
+                StackSample {
+                    live_bytes: v.live_bytes.max(0) as u64,
+                    live_count: v.live_count.max(0) as u64,
+                    total_bytes: v.total_bytes,
+                    total_count: v.total_count,
+                },
+            );
+        }
+        for (pid, origin, lb, lc, tb, tc) in self.mappings.live() {
+            let key = StackRef { pid, stack_id: origin.stack_id, leaf_ret: origin.leaf_ret };
+            let s = snap.entry(key).or_default();
+            s.live_bytes += lb;
+            s.live_count += lc;
+            s.total_bytes += tb;
+            s.total_count += tc;
+        }
+        Ok(snap)
+    }
+
+    /// The instruction pointers of a stack, leaf first (cached: ids are stable).
+    pub fn stack_ips(&mut self, bpf: &Ebpf, stack_id: u32) -> Vec<u64> {
+        if stack_id == NO_STACK {
+            return Vec::new();
+        }
+        if let Some(ips) = self.stack_cache.get(&stack_id) {
+            return ips.clone();
+        }
+        let ips = bpf
+            .map("STACKS")
+            .and_then(|m| StackTraceMap::try_from(m).ok())
+            .and_then(|m| m.get(&stack_id, 0).ok())
+            .map(|st| st.frames().iter().map(|f| f.ip).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ips.is_empty() {
+            self.stack_cache.insert(stack_id, ips.clone());
+        }
+        ips
+    }
+
+    /// Retires a process that exited: the kernel released its memory, so its records leave the
+    /// live view. Returns the bytes it still held.
+    pub fn retire_process(&mut self, bpf: &mut Ebpf, pid: u32) -> u64 {
+        let mut held = self.mappings.forget(pid);
+        if let Some(map) = bpf.map_mut("ALLOCS") {
+            if let Ok(mut allocs) = BpfHashMap::<_, AllocKey, memprof_common::AllocInfo>::try_from(map) {
+                let keys: Vec<AllocKey> = allocs.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+                for k in keys {
+                    let _ = allocs.remove(&k);
+                }
+            }
+        }
+        if let Some(map) = bpf.map_mut("STACK_TOTALS") {
+            if let Ok(mut totals) = BpfHashMap::<_, StackKey, StackTotals>::try_from(map) {
+                let entries: Vec<(StackKey, StackTotals)> =
+                    totals.iter().filter_map(Result::ok).filter(|(k, _)| k.tgid == pid).collect();
+                for (k, v) in entries {
+                    held += v.live_bytes.max(0) as u64;
+                    let _ = totals.remove(&k);
+                }
+            }
+        }
+        held
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self, bpf: &Ebpf) -> BTreeMap<Counter, u64> {
+        let mut out = BTreeMap::new();
+        let Some(map) = bpf.map("COUNTERS") else { return out };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return out };
+        for c in Counter::ALL {
+            if (c as u32) < COUNTER_COUNT {
+                match arr.get(&(c as u32), 0) {
+                    Ok(v) => {
+                        out.insert(c, v.iter().sum());
+                    }
+                    Err(err) => warn!("failed to read counter {}: {err}", c.name()),
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,15 @@
+//! memprof: an eBPF allocation profiler for whole containers.
+//!
+//! The path of one allocation: `memprof-ebpf` probes → BPF maps → [`collect`] (snapshots) →
+//! [`symbolize`] → [`report`] types → [`output`] writers. See ARCHITECTURE.md.
+
+pub mod attach;
+pub mod analyze;
+pub mod cli;
+pub mod collect;
+pub mod output;
+pub mod report;
+pub mod run;
+pub mod symbolize;
+pub mod target;
+pub mod tracefs;

@@ -1,0 +1,166 @@
+//! The types between collection and the writers: what one run (or one snapshot) found.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One symbolized frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frame {
+    /// Demangled function name, or `module+0xoffset` when the address could not be resolved.
+    pub function: String,
+    /// Source file (full path as in DWARF), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Path of the ELF object the address is in (as the target process maps it).
+    pub module: String,
+    /// File offset of the address inside `module`.
+    pub offset: u64,
+    /// True for a frame that the compiler inlined into its caller.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// The name shown in folded stacks and flamegraphs: `function (file.c:42)` when the line is
+    /// known (file's base name only), else `function`.
+    pub fn display_name(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) if line > 0 => {
+                let base = file.rsplit('/').next().unwrap_or(file);
+                format!("{} ({}:{})", self.function, base, line)
+            }
+            _ => self.function.clone(),
+        }
+    }
+}
+
+/// Outstanding allocations that share one call stack (merged over processes).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StackReport {
+    /// Frames root → leaf, as display names.
+    pub frames: Vec<String>,
+    /// Full frame details root → leaf.
+    pub frame_details: Vec<Frame>,
+    /// Outstanding (not freed) bytes.
+    pub bytes: u64,
+    /// Outstanding allocations.
+    pub allocations: u64,
+    /// Bytes ever allocated at this stack since attach.
+    pub total_bytes: u64,
+    /// Allocations ever made at this stack since attach.
+    pub total_allocations: u64,
+    /// Processes holding these allocations.
+    pub pids: Vec<u32>,
+    /// `leak`, `cache`, `churn` or `unknown` (see ARCHITECTURE.md, "Classification").
+    pub class: String,
+    /// Least-squares slope of the live bytes over the run.
+    pub growth_bytes_per_s: f64,
+    /// Confidence in the class, 0..1.
+    pub confidence: f64,
+    /// Live bytes over time: `[seconds since start, bytes]` (bounded, older points downsampled).
+    pub series: Vec<[f64; 2]>,
+}
+
+/// Per-snapshot totals.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotInfo {
+    pub index: u32,
+    /// Seconds since profiling started.
+    pub elapsed_s: f64,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    /// The target cgroup's memory usage at that moment, when known.
+    pub cgroup_usage_bytes: Option<u64>,
+    /// Summed RSS of the target's processes.
+    pub rss_bytes: Option<u64>,
+}
+
+/// The target's memory as the kernel accounts it, at the end of the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryInfo {
+    /// Bytes memprof tracks as outstanding (heap + anonymous mappings).
+    pub tracked_bytes: u64,
+    /// Summed resident set size of the target's processes.
+    pub rss_bytes: Option<u64>,
+    /// cgroup memory usage (`memory.current`, or v1 `memory.usage_in_bytes`).
+    pub cgroup_usage_bytes: Option<u64>,
+    /// cgroup memory limit (`memory.max`, or v1 `memory.limit_in_bytes`); None: no limit.
+    pub cgroup_limit_bytes: Option<u64>,
+    /// Where the figures came from (`cgroup v2 memory.current`, `cgroup v1 memory`, ...).
+    pub source: String,
+}
+
+/// Evidence captured when the kernel OOM-killed a process of the target.
+#[derive(Clone, Debug, Serialize)]
+pub struct OomKill {
+    pub pid: u32,
+    pub comm: String,
+    /// Seconds since the start of the run.
+    pub elapsed_s: f64,
+    /// Bytes the process had outstanding just before the kill.
+    pub live_bytes: u64,
+    /// `oom-<pid>.folded` and `.svg`, relative to the output folder.
+    pub folded: String,
+    pub svg: String,
+    /// The stack holding the most bytes (root → leaf).
+    pub top_stack: Vec<String>,
+}
+
+/// A traced process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Still running at the end of the run.
+    pub alive: bool,
+    /// Bytes still outstanding when the process exited (released by the kernel with the process,
+    /// so not counted as leaks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed_at_exit_bytes: Option<u64>,
+}
+
+/// One probe placed (or that could not be placed).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeInfo {
+    pub object: String,
+    pub function: String,
+    pub offset: u64,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a whole run found: the input of `summary.json` and the terminal summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// What the user asked for (`--cgroup api-service`), resolved.
+    pub target: String,
+    /// The cgroup v2 path profiled, when profiling a cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// RFC 3339 UTC start time.
+    pub started_at: String,
+    pub duration_s: f64,
+    /// Why the run ended: `duration`, `signal`, `targets_exited`.
+    pub end_reason: String,
+    /// Stacks by outstanding bytes, largest first.
+    pub stacks: Vec<StackReport>,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    /// Everything lost, by counter name (zero counters included).
+    pub lost: BTreeMap<String, u64>,
+    /// Plain statistics (allocations, frees seen, ...).
+    pub stats: BTreeMap<String, u64>,
+    pub processes: Vec<ProcessInfo>,
+    pub probes: Vec<ProbeInfo>,
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Tracked heap vs RSS vs cgroup usage and limit.
+    pub memory: MemoryInfo,
+    /// Seconds until the cgroup reaches its memory limit at the current growth; None without a
+    /// limit or without growth.
+    pub oom_eta_s: Option<f64>,
+    pub oom_kills: Vec<OomKill>,
+}

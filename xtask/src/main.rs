@@ -1,0 +1,575 @@
+//! memprof's development tasks: `cargo xtask setup|build|test|demo`.
+//!
+//! Kept light on purpose: no dependency on the memprof crates.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::symlink, io::AsRawFd, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "memprof's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): gcc, libc6-dev, pkg-config, the
+    /// nightly toolchain with rust-src, bpf-linker 0.13; mount tracefs.
+    Setup,
+    /// Setup, then `cargo build --release -p memprof` (binary: target/release/memprof).
+    Build,
+    /// Setup, build, unit and golden tests, then the integration tests (root needed).
+    Test {
+        /// Extra arguments for the integration test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Profile a leaking demo program in its own cgroup for 20 s (root needed).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Test { args } => {
+            setup()?;
+            build()?;
+            test(&args)
+        }
+        Task::Demo => {
+            setup()?;
+            build()?;
+            demo()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The cargo that runs this xtask (same toolchain).
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd`, echoing it; fails on a non-zero exit.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
+    ensure!(status.success(), "`{}` failed ({status})", describe(cmd));
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its stdout if it succeeded.
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command run as root: directly when we are root, else through sudo when there is one.
+fn privileged(program: &str) -> Command {
+    if is_root() || output_of(Command::new("sudo").arg("-n").arg("true")).is_none() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(program);
+        cmd
+    }
+}
+
+/// The cgroup v2 mount point from /proc/self/mountinfo.
+fn cgroup2_mount() -> Result<PathBuf> {
+    mount_point_of("cgroup2")?.ok_or_else(|| anyhow!("no cgroup2 file system is mounted"))
+}
+
+/// The first mount point with file-system type `fstype` (with its octal escapes undone).
+fn mount_point_of(fstype: &str) -> Result<Option<PathBuf>> {
+    Ok(mount_points(fstype)?.into_iter().next())
+}
+
+fn mount_points(fstype: &str) -> Result<Vec<PathBuf>> {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut found = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some(fstype) {
+            continue;
+        }
+        if let Some(mnt) = left.split_whitespace().nth(4) {
+            found.push(PathBuf::from(unescape_octal(mnt)));
+        }
+    }
+    Ok(found)
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// setup
+// ---------------------------------------------------------------------------------------------
+
+const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "pkg-config"];
+
+fn setup() -> Result<()> {
+    setup_packages()?;
+    setup_nightly()?;
+    setup_bpf_linker()?;
+    setup_tracefs()?;
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output_of(Command::new("dpkg").args(["-s", pkg])).is_some_and(|s| {
+        s.lines()
+            .any(|l| l.trim() == "Status: install ok installed")
+    })
+}
+
+fn setup_packages() -> Result<()> {
+    if output_of(Command::new("dpkg").arg("--version")).is_none() {
+        // Not Debian/Ubuntu: only check that a C compiler is there.
+        ensure!(
+            output_of(Command::new("gcc").arg("--version")).is_some(),
+            "gcc is missing: install gcc, the C library headers and pkg-config"
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(privileged("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(privileged("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+fn setup_nightly() -> Result<()> {
+    let toolchains = output_of(Command::new("rustup").args(["toolchain", "list"]))
+        .ok_or_else(|| anyhow!("rustup is needed (https://rustup.rs)"))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly-")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker 0.13 linked against the nightly toolchain's own libLLVM. The library is reached
+/// through `target/llvm-prefix/lib`, which holds symlinks to it under both its plain name (for
+/// the build) and its soname (for the installed binary, whose RUNPATH is that folder). The links
+/// are refreshed on every run, so a `cargo clean` does not break an installed bpf-linker.
+fn setup_bpf_linker() -> Result<()> {
+    let sysroot = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .ok_or_else(|| anyhow!("`rustc +nightly --print sysroot` failed"))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let mut candidates: Vec<String> = fs::read_dir(&sysroot_lib)
+        .with_context(|| format!("reading {}", sysroot_lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        .collect();
+    candidates.sort();
+    let llvm = candidates
+        .pop()
+        .ok_or_else(|| anyhow!("no libLLVM.so.*-rust-* in {}", sysroot_lib.display()))?;
+    let major: String = llvm["libLLVM.so.".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    ensure!(
+        !major.is_empty(),
+        "cannot read the LLVM version from {llvm}"
+    );
+
+    let prefix = target_dir().join("llvm-prefix");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let real = sysroot_lib.join(&llvm);
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = lib.join(name);
+        if fs::read_link(&link).ok().as_deref() != Some(real.as_path()) {
+            let _ = fs::remove_file(&link);
+            symlink(&real, &link).with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+
+    let version = || output_of(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version().contains("0.13") {
+        return Ok(());
+    }
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--version",
+            "~0.13",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    let v = version();
+    ensure!(
+        v.contains("0.13"),
+        "bpf-linker --version says {v:?} after installing 0.13"
+    );
+    Ok(())
+}
+
+fn setup_tracefs() -> Result<()> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if mount_points("tracefs")?.iter().any(|m| m == tracing) {
+        return Ok(());
+    }
+    run(privileged("mount")
+        .args(["-t", "tracefs", "nodev"])
+        .arg(tracing))
+    .context("mounting tracefs at /sys/kernel/tracing (root needed)")
+}
+
+// ---------------------------------------------------------------------------------------------
+// build, test
+// ---------------------------------------------------------------------------------------------
+
+fn build() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "memprof"]))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    // Unit and golden tests. memprof-ebpf is left out: it is a BPF-only crate (built for
+    // bpfel-unknown-none by memprof's build script) with no host tests.
+    run(cargo().args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "memprof-tests",
+        "--exclude",
+        "memprof-ebpf",
+    ]))?;
+    // Integration tests: real BPF on the C fixtures, one at a time.
+    run(cargo()
+        .args([
+            "test",
+            "--no-fail-fast",
+            "-p",
+            "memprof-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .args(extra)
+        .env("MEMPROF_BIN", target_dir().join("release/memprof")))?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo
+// ---------------------------------------------------------------------------------------------
+
+/// The fixture flags the integration tests use.
+const FIXTURE_CFLAGS: &[&str] = &[
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fno-inline",
+    "-pthread",
+    "-Wall",
+];
+
+/// A cgroup removed on drop (processes still inside are moved to the parent first).
+struct DemoCgroup(PathBuf);
+
+impl Drop for DemoCgroup {
+    fn drop(&mut self) {
+        let parent = self.0.parent().unwrap().join("cgroup.procs");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for pid in fs::read_to_string(self.0.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = fs::write(&parent, pid.trim());
+            }
+            match fs::remove_dir(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() > deadline => {
+                    eprintln!("xtask: cannot remove {}: {e}", self.0.display());
+                    return;
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// A child killed (by its own PID) and reaped on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Restores the default SIGINT disposition in a child (the demo ignores SIGINT itself, so that
+/// Ctrl-C stops memprof, which writes its results, and the demo still cleans up).
+fn default_sigint(cmd: &mut Command) {
+    // SAFETY: signal(2) is async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+}
+
+fn demo() -> Result<()> {
+    ensure!(
+        is_root(),
+        "cargo xtask demo needs root (BPF, cgroups): run it as root"
+    );
+    let root = workspace_root();
+    let memprof = target_dir().join("release/memprof");
+
+    // The fixture.
+    let fixtures = target_dir().join("fixtures");
+    fs::create_dir_all(&fixtures)?;
+    let leaky = fixtures.join("leaky");
+    run(Command::new("gcc")
+        .args(FIXTURE_CFLAGS)
+        .arg(root.join("tests/fixtures/leaky.c"))
+        .arg("-o")
+        .arg(&leaky))?;
+
+    // Its cgroup.
+    let name = format!("memprof-demo-{}", std::process::id());
+    let cg = DemoCgroup(cgroup2_mount()?.join(&name));
+    fs::create_dir(&cg.0).with_context(|| format!("creating cgroup {}", cg.0.display()))?;
+
+    // SIGINT (Ctrl-C) goes to memprof, which then finishes and writes its results; the demo
+    // ignores it so that it still cleans up.
+    // SAFETY: setting a signal disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cg.0.join("cgroup.procs"))?;
+    let fd = procs.as_raw_fd();
+    let mut cmd = Command::new(&leaky);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    default_sigint(&mut cmd);
+    // SAFETY: write(2) between fork and exec; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut fixture = Guard(cmd.spawn().context("starting the demo program")?);
+    drop(procs);
+    let fixture_pid = fixture.0.id();
+    let (line_tx, lines) = mpsc::channel::<String>();
+    let stdout = fixture.0.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let ready = lines
+        .recv_timeout(Duration::from_secs(20))
+        .context("the demo program did not start")?;
+    ensure!(
+        ready.starts_with("ready "),
+        "unexpected first line from the demo program: {ready:?}"
+    );
+    eprintln!(
+        "xtask: demo program {} (pid {fixture_pid}) runs in cgroup {name}",
+        leaky.display()
+    );
+
+    // memprof.
+    let out = target_dir().join("demo");
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let mut cmd = Command::new(&memprof);
+    cmd.args([
+        "--cgroup",
+        &name,
+        "--duration",
+        "20s",
+        "--interval",
+        "2s",
+        "--output",
+    ])
+    .arg(format!("{}/", out.display()))
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped());
+    default_sigint(&mut cmd);
+    eprintln!("+ {}", describe(&cmd));
+    let mut mp = Guard(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", memprof.display()))?,
+    );
+    let stderr = mp.0.stderr.take().unwrap();
+    let (attached_tx, attached) = mpsc::channel::<()>();
+    let echo = thread::spawn(move || {
+        let mut err = std::io::stderr();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(err, "{line}");
+            if line.starts_with("memprof: attached") {
+                let _ = attached_tx.send(());
+            }
+        }
+    });
+    match attached.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => {
+            // The go signal.
+            // SAFETY: kill(2) on our own, unreaped child.
+            unsafe { libc::kill(fixture_pid as libc::pid_t, libc::SIGUSR1) };
+            eprintln!("xtask: sent the go signal (SIGUSR1) to the demo program");
+            if let Ok(truth) = lines.recv_timeout(Duration::from_secs(60)) {
+                eprintln!("xtask: the demo program reports what it leaked: {truth}");
+            }
+        }
+        Err(_) => eprintln!("xtask: memprof did not attach"),
+    }
+    let status: ExitStatus = mp.0.wait()?;
+    let _ = echo.join();
+    drop(fixture);
+    drop(cg);
+    ensure!(status.success(), "memprof failed ({status})");
+    let svg = out.join("leaks.svg");
+    println!();
+    println!("flame graph: {}", svg.display());
+    println!("all results: {}", out.display());
+    if !svg.is_file() {
+        bail!("{} was not written", svg.display());
+    }
+    Ok(())
+}
