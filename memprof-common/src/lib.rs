@@ -120,10 +120,16 @@ pub struct InFlight {
     pub sp: u64,
     /// When the outermost call started.
     pub ts_ns: u64,
-    /// An [`AllocKind`].
+    /// An [`AllocKind`], or [`INFLIGHT_RECORDED`] once the block was recorded while further
+    /// returns at the same stack pointer are still due (tail calls).
     pub kind: u32,
-    pub _pad: u32,
+    /// Returns still due at this stack pointer beyond the first: a probed function that
+    /// tail-calls another (glibc's reallocarray → realloc) returns through both return probes.
+    pub extra_returns: u32,
 }
+
+/// [`InFlight::kind`] after the block was recorded.
+pub const INFLIGHT_RECORDED: u32 = u32::MAX;
 
 /// Arguments of an mmap/munmap/mremap syscall, saved at `sys_enter` for `sys_exit`.
 #[repr(C)]
@@ -148,6 +154,9 @@ pub enum MemEventKind {
     Exec = 4,
     /// The kernel's OOM killer chose `tgid` as its victim (any process: userspace filters).
     OomVictim = 5,
+    /// A process of the target maps a file executable (dlopen, exec): new code that may define
+    /// allocator functions.
+    CodeMapped = 6,
 }
 
 /// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
@@ -207,12 +216,14 @@ pub enum Counter {
     /// Thread stacks (`MAP_STACK` mappings) not tracked: bounded by the thread count, mostly
     /// never touched, and not what a leak hunt looks for.
     StackMappingsSkipped = 14,
+    /// Allocator functions entered by a tail call from another (counted once).
+    TailCalls = 15,
 }
 
 pub const COUNTER_COUNT: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -228,6 +239,7 @@ impl Counter {
         Counter::FailedAllocs,
         Counter::Overwritten,
         Counter::StackMappingsSkipped,
+        Counter::TailCalls,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -247,6 +259,7 @@ impl Counter {
             Counter::FailedAllocs => "failed_allocs",
             Counter::Overwritten => "overwritten",
             Counter::StackMappingsSkipped => "stack_mappings_skipped",
+            Counter::TailCalls => "tail_calls",
         }
     }
 

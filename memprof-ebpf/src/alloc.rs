@@ -14,7 +14,9 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
-use memprof_common::{AllocInfo, AllocKey, AllocKind, Counter, InFlight, StackKey, StackTotals};
+use memprof_common::{
+    AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_RECORDED, InFlight, StackKey, StackTotals,
+};
 
 use crate::{
     free::free_block,
@@ -38,12 +40,20 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
         return Ok(());
     }
     let sp = user_sp(ctx);
+    let mut extra_returns = 0;
     if let Some(outer) = unsafe { INFLIGHT.get(id) } {
         if sp < outer.sp {
             count(Counter::Nested);
             return Ok(());
         }
-        count(Counter::MissedReturn);
+        if sp == outer.sp && outer.kind != INFLIGHT_RECORDED {
+            // A tail call (jmp) from the outer allocator function into this one: both return
+            // probes will fire at the same return; the callee's arguments describe the block.
+            count(Counter::TailCalls);
+            extra_returns = outer.extra_returns + 1;
+        } else {
+            count(Counter::MissedReturn);
+        }
     }
     let call = InFlight {
         size,
@@ -51,7 +61,7 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
         sp,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         kind: kind as u32,
-        _pad: 0,
+        extra_returns,
     };
     if INFLIGHT.insert(id, call, 0).is_err() {
         count(Counter::InFlightMapFull);
@@ -145,10 +155,20 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
         // A nested allocator call returning inside the outer one.
         return Ok(());
     }
-    let _ = INFLIGHT.remove(id);
     if sp > expected {
         // The outer call's own return was missed (longjmp, uretprobe depth limit).
+        let _ = INFLIGHT.remove(id);
         count(Counter::MissedReturn);
+        return Ok(());
+    }
+    if call.extra_returns > 0 {
+        // More return probes are due at this same return (tail calls): keep the record for them.
+        let rest = InFlight { kind: INFLIGHT_RECORDED, extra_returns: call.extra_returns - 1, ..call };
+        let _ = INFLIGHT.insert(id, rest, 0);
+    } else {
+        let _ = INFLIGHT.remove(id);
+    }
+    if call.kind == INFLIGHT_RECORDED {
         return Ok(());
     }
     let tgid = (id >> 32) as u32;

@@ -23,6 +23,7 @@ use crate::{
 
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_STACK: u64 = 0x20000;
+const PROT_EXEC: u64 = 0x4;
 /// Offset of the first syscall argument (and of `ret` in sys_exit) in the tracepoint record.
 const ARG0: usize = 16;
 
@@ -66,6 +67,22 @@ pub fn emit(ev: MemEvent) {
     }
 }
 
+/// Tells userspace that the current process maps new code (it rescans its objects).
+#[inline(always)]
+fn code_mapped() {
+    emit(MemEvent {
+        kind: MemEventKind::CodeMapped as u32,
+        tgid: (current() >> 32) as u32,
+        addr: 0,
+        len: 0,
+        new_addr: 0,
+        new_len: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: -1,
+        leaf_ret: 0,
+    });
+}
+
 /// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
 #[inline(always)]
 fn leaf_return_address() -> u64 {
@@ -86,6 +103,9 @@ fn leaf_return_address() -> u64 {
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     let flags = arg(&ctx, 3);
     if flags & MAP_ANONYMOUS == 0 {
+        if arg(&ctx, 2) & PROT_EXEC != 0 && (arg(&ctx, 4) as i64) >= 0 && in_scope(current()) {
+            code_mapped();
+        }
         return 0;
     }
     if flags & MAP_STACK != 0 {

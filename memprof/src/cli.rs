@@ -47,6 +47,25 @@ pub struct Opt {
     pub verbose: u8,
 }
 
+/// Prints a usage error as one `memprof: error:` line (exit 2); `--help` and `--version` as
+/// clap prints them (exit 0).
+pub fn usage_error(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = err.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let text = err.render().to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .trim();
+    eprintln!("memprof: error: {line} (see --help)");
+    std::process::ExitCode::from(crate::run::EXIT_INPUT)
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(100) {

@@ -1,5 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    memprof::run::main(memprof::cli::Opt::parse())
+    match memprof::cli::Opt::try_parse() {
+        Ok(opt) => memprof::run::main(opt),
+        Err(err) => memprof::cli::usage_error(err),
+    }
 }

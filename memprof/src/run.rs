@@ -234,7 +234,10 @@ async fn profile(config: Config) -> Result<(), Failure> {
 
 impl Session {
     async fn main_loop(&mut self) -> &'static str {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        // Created once, so a signal that arrives while a tick is being handled is not lost.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
@@ -249,6 +252,14 @@ impl Session {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let int = async {
+                match sigint.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let until_deadline = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -256,7 +267,7 @@ impl Session {
                 }
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return "signal",
+                _ = int => return "signal",
                 _ = term => return "signal",
                 _ = until_deadline => return "duration",
                 _ = tick.tick() => {}
@@ -269,6 +280,10 @@ impl Session {
             }
             if Instant::now() >= next_snapshot {
                 next_snapshot += self.config.interval;
+                if next_snapshot <= Instant::now() {
+                    // Fell behind (a slow tick): skip ahead rather than snapshot twice in a row.
+                    next_snapshot = Instant::now() + self.config.interval;
+                }
                 if let Err(err) = self.write_interval_snapshot() {
                     warn!("snapshot not written: {err:#}");
                 }
@@ -320,6 +335,14 @@ impl Session {
                         self.processes.remove(&pid);
                     }
                     self.adopt(pid);
+                }
+                Notice::CodeMapped(pid) => {
+                    if self.is_tracked(pid) {
+                        self.symbolizer.observe_process(pid);
+                        self.probes.attach_process(pid);
+                    } else {
+                        self.adopt(pid);
+                    }
                 }
                 Notice::OomVictim(pid) => {
                     if self.is_tracked(pid) {
@@ -454,9 +477,16 @@ impl Session {
             }
             if !self.frames.contains_key(r) {
                 let frames = self.symbolize(r);
-                self.frames.insert(*r, frames);
+                if frames.is_empty() && r.stack_id != NO_STACK {
+                    // Not resolvable now (the stack or the memory map not readable yet): shown
+                    // without frames this time, tried again at the next snapshot.
+                    log::debug!("stack {} of pid {} did not symbolize", r.stack_id, r.pid);
+                } else {
+                    self.frames.insert(*r, frames);
+                }
             }
-            let details = &self.frames[r];
+            let empty = Vec::new();
+            let details = self.frames.get(r).unwrap_or(&empty);
             let names: Vec<String> = details.iter().map(Frame::display_name).collect();
             let e = merged.entry(names.clone()).or_insert_with(|| StackReport {
                 frames: names,

@@ -40,7 +40,7 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fixture may take to leak and print its ground truth after the go signal.
 pub const TRUTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long memprof may take to finish (symbolize, write artifacts) after SIGINT.
-pub const FINISH_TIMEOUT: Duration = Duration::from_secs(90);
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The line memprof prints on stderr once every probe is attached.
 pub const ATTACHED_PREFIX: &str = "memprof: attached";
 /// The prefix of memprof's one-line error message.

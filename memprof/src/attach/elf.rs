@@ -18,7 +18,9 @@ use object::{
     Endianness, ReadCache, ReadRef, SymbolIndex,
 };
 
-/// The allocator functions probed, by canonical name.
+/// The allocator functions probed, by canonical name: the C library's malloc family, jemalloc's
+/// extended API (`mallocx`, `rallocx`, `sdallocx`, `dallocx`: what Rust's jemallocator and C++
+/// sized delete call) and C23's sized frees.
 pub const ALLOC_FUNCS: &[&str] = &[
     "malloc",
     "calloc",
@@ -30,7 +32,30 @@ pub const ALLOC_FUNCS: &[&str] = &[
     "valloc",
     "pvalloc",
     "free",
+    "mallocx",
+    "rallocx",
+    "sdallocx",
+    "dallocx",
+    "free_sized",
+    "free_aligned_sized",
 ];
+
+/// Symbol prefixes of allocators built to live beside the C library's: jemalloc
+/// (`--with-jemalloc-prefix=je_`), Rust's bundled jemalloc (`_rjem_`), tcmalloc (`tc_`) and
+/// mimalloc (`mi_`). An unprefixed definition in the same object is preferred (it is what the
+/// program's calls reach; the prefixed one is then usually its callee or an alias).
+pub const ALLOC_PREFIXES: &[&str] = &["je_", "_rjem_", "tc_", "mi_"];
+
+/// The canonical name a symbol's base name stands for, and whether it carried a prefix.
+fn canonical(base: &[u8]) -> Option<(&'static str, bool)> {
+    if let Some(&name) = ALLOC_FUNCS.iter().find(|n| n.as_bytes() == base) {
+        return Some((name, false));
+    }
+    ALLOC_PREFIXES.iter().find_map(|p| {
+        let rest = base.strip_prefix(p.as_bytes())?;
+        ALLOC_FUNCS.iter().find(|n| n.as_bytes() == rest).map(|&n| (n, true))
+    })
+}
 
 /// An allocator function defined in the object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,8 +159,8 @@ struct Candidate {
     vaddr: u64,
     size: u64,
     ifunc: bool,
-    /// Higher is preferred: default version, then binding, then .dynsym over .symtab.
-    rank: (bool, u8, bool),
+    /// Higher is preferred: unprefixed, default version, then binding, then .dynsym over .symtab.
+    rank: (bool, bool, u8, bool),
 }
 
 fn scan<'a, R: ReadRef<'a>>(data: R) -> object::read::Result<ElfInfo> {
@@ -239,7 +264,7 @@ fn collect<'a, R: ReadRef<'a>>(
             ),
             None => (raw, true, Vec::new()),
         };
-        let Some(&name) = ALLOC_FUNCS.iter().find(|n| n.as_bytes() == base) else {
+        let Some((name, prefixed)) = canonical(base) else {
             continue;
         };
         if let Some(vt) = versions {
@@ -255,11 +280,11 @@ fn collect<'a, R: ReadRef<'a>>(
             _ => 0,
         };
         let candidate = Candidate {
-            symbol: format!("{}{}", name, String::from_utf8_lossy(&version)),
+            symbol: format!("{}{}", String::from_utf8_lossy(base), String::from_utf8_lossy(&version)),
             vaddr: sym.st_value(endian),
             size: sym.st_size(endian),
             ifunc,
-            rank: (default_version, bind, dynamic),
+            rank: (!prefixed, default_version, bind, dynamic),
         };
         if best.get(name).is_none_or(|b| candidate.rank > b.rank) {
             best.insert(name, candidate);

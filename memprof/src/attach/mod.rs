@@ -69,7 +69,23 @@ const ENTRY_PROGRAMS: &[(&str, &str)] = &[
     ("valloc", "valloc_enter"),
     ("pvalloc", "pvalloc_enter"),
     ("free", "free_enter"),
+    // jemalloc's extended API and C23's sized frees behave like their classic twins.
+    ("mallocx", "malloc_enter"),
+    ("rallocx", "realloc_enter"),
+    ("sdallocx", "free_enter"),
+    ("dallocx", "free_enter"),
+    ("free_sized", "free_enter"),
+    ("free_aligned_sized", "free_enter"),
 ];
+
+/// The entry program for a canonical allocator function.
+fn entry_program(func: &str) -> Option<&'static str> {
+    ENTRY_PROGRAMS.iter().find(|(f, _)| *f == func).map(|(_, p)| *p)
+}
+
+fn is_free_like(func: &str) -> bool {
+    entry_program(func) == Some("free_enter")
+}
 const RETURN_PROGRAM: &str = "alloc_return";
 /// (category, event, program, required).
 const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
@@ -120,7 +136,10 @@ impl Probes {
             .map_max_entries("STACKS", sizes.stacks)
             .map_max_entries("STACK_TOTALS", sizes.stack_totals)
             .load(EBPF_OBJECT)?;
-        let uprobe_names = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).chain([RETURN_PROGRAM]);
+        let mut uprobe_names: Vec<&str> = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).collect();
+        uprobe_names.sort_unstable();
+        uprobe_names.dedup();
+        uprobe_names.push(RETURN_PROGRAM);
         for name in uprobe_names {
             let prog: &mut UProbe = program(&mut bpf, name)?;
             prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
@@ -174,7 +193,24 @@ impl Probes {
             self.attached.entry(pid).or_default().insert(key);
             let Some(info) = info else { continue };
             if info.symbols.is_empty() {
+                if looks_like_libc(e) {
+                    warn!(
+                        "{}: a C library without allocator symbols{}: its allocations cannot be seen",
+                        display(e),
+                        if info.stripped { " (stripped)" } else { "" }
+                    );
+                }
                 continue;
+            }
+            let has = |f: &str| info.symbols.iter().any(|s| s.name == f);
+            if has("malloc") != has("free") {
+                warn!(
+                    "{}: defines {} but not {}: expect {}",
+                    display(e),
+                    if has("malloc") { "malloc" } else { "free" },
+                    if has("malloc") { "free" } else { "malloc" },
+                    if has("malloc") { "frees to be missed (false leaks)" } else { "no allocations from it" }
+                );
             }
             placed += self.attach_object(pid, e, &info);
         }
@@ -187,14 +223,14 @@ impl Probes {
         let mut placed = 0;
         // free first, then returns, then entries (see the module documentation).
         let mut plan: Vec<(&'static str, &'static str, u64)> = Vec::new();
-        for sym in info.symbols.iter().filter(|s| s.name == "free") {
-            plan.push(("free", "free_enter", sym.file_offset));
+        for sym in info.symbols.iter().filter(|s| is_free_like(s.name)) {
+            plan.push((sym.name, "free_enter", sym.file_offset));
         }
-        for sym in info.symbols.iter().filter(|s| s.name != "free") {
+        for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
             plan.push((sym.name, RETURN_PROGRAM, sym.file_offset));
         }
-        for sym in info.symbols.iter().filter(|s| s.name != "free") {
-            if let Some((_, prog)) = ENTRY_PROGRAMS.iter().find(|(f, _)| *f == sym.name) {
+        for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
+            if let Some(prog) = entry_program(sym.name) {
                 plan.push((sym.name, prog, sym.file_offset));
             }
         }
@@ -220,10 +256,19 @@ impl Probes {
             }
         }
         if placed > 0 {
+            let missing: Vec<&str> = ["malloc", "calloc", "realloc", "free"]
+                .into_iter()
+                .filter(|f| !info.symbols.iter().any(|s| s.name == *f))
+                .collect();
             info!(
-                "pid {pid}: probed {} ({})",
+                "pid {pid}: probed {} ({}){}",
                 display(e),
-                info.symbols.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                info.symbols
+                    .iter()
+                    .map(|s| s.symbol.split('@').next().unwrap_or(&s.symbol))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.is_empty() { String::new() } else { format!("; not defined there: {}", missing.join(", ")) }
             );
         }
         placed
@@ -248,6 +293,11 @@ impl Probes {
     pub fn link_count(&self) -> usize {
         self.links.values().map(Vec::len).sum()
     }
+}
+
+fn looks_like_libc(e: &MapEntry) -> bool {
+    let name = e.path.as_deref().unwrap_or("").rsplit('/').next().unwrap_or("");
+    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
 }
 
 fn display(e: &MapEntry) -> String {

@@ -35,6 +35,8 @@ pub enum Notice {
     Exec(u32),
     /// The OOM killer chose this process (maybe not ours).
     OomVictim(u32),
+    /// The process mapped a file executable (dlopen): rescan its objects.
+    CodeMapped(u32),
 }
 
 /// Live and total figures of one stack at one moment.
@@ -100,6 +102,7 @@ impl Collector {
                 }
                 k if k == MemEventKind::Exec as u32 => notices.push(Notice::Exec(ev.tgid)),
                 k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
+                k if k == MemEventKind::CodeMapped as u32 => notices.push(Notice::CodeMapped(ev.tgid)),
                 _ => {}
             }
         }

@@ -2,6 +2,7 @@
 //! process's mappings.
 
 pub mod cgroup;
+pub mod engine;
 pub mod maps;
 pub mod memory;
 pub mod procs;
@@ -25,6 +26,10 @@ pub enum TargetError {
     NoSuchProcess(u32),
     #[error("{tid} is a thread of process {tgid}: give the process id (--pid {tgid})")]
     NotAProcess { tid: u32, tgid: u32 },
+    #[error("container {name} ({id}) is not running")]
+    ContainerNotRunning { name: String, id: String },
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
     #[error("{what}: {source}")]
     Io {
         what: String,
