@@ -112,7 +112,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
     let (label, scope, cgroup, pid) = match (&opt.cgroup, opt.pid) {
         (Some(spec), _) => {
             let mount = target::cgroup::find_cgroup2_mount().map_err(|e| Failure::Input(e.to_string()))?;
-            let cg = target::cgroup::resolve_cgroup(spec, &mount).map_err(|e| Failure::Input(e.to_string()))?;
+            let cg = resolve_cgroup_spec(spec, &mount)?;
             let scope = Scope::Cgroup { id: cg.id, level: cg.level };
             (spec.clone(), scope, Some(cg), None)
         }
@@ -139,6 +139,40 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             stack_totals: opt.max_stacks.saturating_mul(4),
         },
     })
+}
+
+/// `--cgroup`: a path is taken as a cgroup path; a name is asked of the container engine
+/// (Docker API: DOCKER_HOST, /var/run/docker.sock, /run/podman/podman.sock), then matched against
+/// container runtimes' cgroup names (an ID or ID prefix), then searched as a directory name.
+fn resolve_cgroup_spec(spec: &str, mount: &Path) -> Result<CgroupTarget, Failure> {
+    let input = |e: target::TargetError| Failure::Input(e.to_string());
+    if spec.contains('/') {
+        return target::cgroup::resolve_cgroup(spec, mount).map_err(input);
+    }
+    if let Some(c) = target::engine::resolve_container(spec, mount).map_err(input)? {
+        info!(
+            "container {} ({}) via {}: main pid {}, cgroup {}",
+            c.name,
+            &c.id[..c.id.len().min(12)],
+            c.engine,
+            c.pid,
+            c.cgroup.rel
+        );
+        return Ok(c.cgroup);
+    }
+    let runtime = target::engine::find_runtime_cgroups(spec, mount);
+    match runtime.as_slice() {
+        [one] => {
+            info!("{spec}: container cgroup {}", one.display());
+            target::cgroup::resolve_cgroup(&one.to_string_lossy(), mount).map_err(input)
+        }
+        [] => target::cgroup::resolve_cgroup(spec, mount).map_err(input),
+        many => Err(Failure::Input(format!(
+            "{spec} matches {} container cgroups: {}",
+            many.len(),
+            many.iter().take(10).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// `./memprof-<target>-<UTC time>/`.
