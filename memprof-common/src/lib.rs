@@ -3,7 +3,9 @@
 //! Every type here is `#[repr(C)]` with explicit padding so both sides agree on its layout, and
 //! every size is checked at compile time. With the `user` feature the types are `aya::Pod`, so
 //! userspace can read them straight out of BPF maps.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod sampling;
 
 /// Deepest user stack recorded (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -79,10 +81,15 @@ pub struct AllocInfo {
     pub size: u64,
     /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
     pub ts_ns: u64,
+    /// Bytes this record stands for: `size`, or with sampling the unbiased estimate.
+    pub weight: u64,
     /// Id in the stack-trace map.
     pub stack_id: u32,
     /// An [`AllocKind`].
     pub kind: u32,
+    /// Allocations this record stands for (1 without sampling).
+    pub count_weight: u32,
+    pub _pad: u32,
 }
 
 /// Key of the per-stack totals map.
@@ -130,6 +137,10 @@ pub struct InFlight {
 
 /// [`InFlight::kind`] after the block was recorded.
 pub const INFLIGHT_RECORDED: u32 = u32::MAX;
+/// Flag in [`InFlight::kind`]: sampling decided not to record this call's block (the call is
+/// still followed, so nested calls, the allocator's own mmaps and realloc's release of the old
+/// block are still handled).
+pub const INFLIGHT_UNSAMPLED: u32 = 1 << 31;
 
 /// Arguments of an mmap/munmap/mremap syscall, saved at `sys_enter` for `sys_exit`.
 #[repr(C)]
@@ -218,12 +229,14 @@ pub enum Counter {
     StackMappingsSkipped = 14,
     /// Allocator functions entered by a tail call from another (counted once).
     TailCalls = 15,
+    /// Allocations not recorded by sampling (`--sample-bytes`): expected, not a loss.
+    Unsampled = 16,
 }
 
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -240,6 +253,7 @@ impl Counter {
         Counter::Overwritten,
         Counter::StackMappingsSkipped,
         Counter::TailCalls,
+        Counter::Unsampled,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -260,6 +274,7 @@ impl Counter {
             Counter::Overwritten => "overwritten",
             Counter::StackMappingsSkipped => "stack_mappings_skipped",
             Counter::TailCalls => "tail_calls",
+            Counter::Unsampled => "unsampled",
         }
     }
 
@@ -289,7 +304,7 @@ macro_rules! assert_size {
     };
 }
 assert_size!(AllocKey, 16);
-assert_size!(AllocInfo, 24);
+assert_size!(AllocInfo, 40);
 assert_size!(StackKey, 8);
 assert_size!(StackTotals, 32);
 assert_size!(InFlight, 40);

@@ -10,18 +10,19 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_prandom_u32},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use memprof_common::{
-    AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_RECORDED, InFlight, StackKey, StackTotals,
+    AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_RECORDED, INFLIGHT_UNSAMPLED, InFlight,
+    StackKey, StackTotals, sampling,
 };
 
 use crate::{
     free::free_block,
-    maps::{ALLOCS, INFLIGHT, STACK_TOTALS, STACKS, atomic_add, count},
-    scope::{current, in_scope},
+    maps::{ALLOCS, INFLIGHT, SAMPLE_COUNTDOWN, STACK_TOTALS, STACKS, atomic_add, count},
+    scope::{current, in_scope, sample_bytes},
 };
 
 /// Stack id recorded when `bpf_get_stackid` fails.
@@ -41,6 +42,7 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
     }
     let sp = user_sp(ctx);
     let mut extra_returns = 0;
+    let mut decided = None;
     if let Some(outer) = unsafe { INFLIGHT.get(id) } {
         if sp < outer.sp {
             count(Counter::Nested);
@@ -51,22 +53,49 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
             // probes will fire at the same return; the callee's arguments describe the block.
             count(Counter::TailCalls);
             extra_returns = outer.extra_returns + 1;
+            // The outer function's sampling decision stands for the whole call.
+            decided = Some(outer.kind & INFLIGHT_UNSAMPLED == 0);
         } else {
             count(Counter::MissedReturn);
         }
     }
+    let sampled = decided.unwrap_or_else(|| sample(id, size));
     let call = InFlight {
         size,
         aux,
         sp,
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind: kind as u32,
+        kind: if sampled { kind as u32 } else { kind as u32 | INFLIGHT_UNSAMPLED },
         extra_returns,
     };
     if INFLIGHT.insert(id, call, 0).is_err() {
         count(Counter::InFlightMapFull);
     }
     Ok(())
+}
+
+/// With `--sample-bytes N`: whether this allocation is recorded (a per-thread countdown of
+/// exponentially distributed bytes; allocations of N bytes or more always are).
+#[inline(always)]
+fn sample(id: u64, size: u64) -> bool {
+    let mean = sample_bytes();
+    if mean == 0 || size >= mean {
+        return true;
+    }
+    let left = match unsafe { SAMPLE_COUNTDOWN.get(id) } {
+        Some(&left) => left,
+        None => sampling::next_countdown(mean, unsafe { bpf_get_prandom_u32() }),
+    };
+    let (sampled, next) = if left > size {
+        (false, left - size)
+    } else {
+        (true, sampling::next_countdown(mean, unsafe { bpf_get_prandom_u32() }))
+    };
+    let _ = SAMPLE_COUNTDOWN.insert(id, next, 0);
+    if !sampled {
+        count(Counter::Unsampled);
+    }
+    sampled
 }
 
 #[inline(always)]
@@ -171,9 +200,10 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
     if call.kind == INFLIGHT_RECORDED {
         return Ok(());
     }
+    let unsampled = call.kind & INFLIGHT_UNSAMPLED != 0;
     let tgid = (id >> 32) as u32;
     let ret: u64 = ctx.ret();
-    let kind = AllocKind::from_u32(call.kind).unwrap_or(AllocKind::Malloc);
+    let kind = AllocKind::from_u32(call.kind & !INFLIGHT_UNSAMPLED).unwrap_or(AllocKind::Malloc);
     let addr = match kind {
         AllocKind::PosixMemalign => {
             if ret as u32 != 0 {
@@ -203,6 +233,10 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
         }
         _ => ret,
     };
+    if unsampled {
+        // Not recorded (realloc's old block was released above all the same).
+        return Ok(());
+    }
     if addr == 0 {
         count(Counter::FailedAllocs);
         return Ok(());
@@ -241,16 +275,26 @@ pub fn record(tgid: u32, addr: u64, size: u64, ts_ns: u64, stack_id: u32, kind: 
             }
         }
     };
-    let info = AllocInfo { size, ts_ns, stack_id, kind: kind as u32 };
+    let weight = sampling::weight(size, sample_bytes());
+    let count_weight = sampling::count_weight(size, weight, unsafe { bpf_get_prandom_u32() });
+    let info = AllocInfo {
+        size,
+        ts_ns,
+        weight,
+        stack_id,
+        kind: kind as u32,
+        count_weight: count_weight as u32,
+        _pad: 0,
+    };
     if ALLOCS.insert(&key, &info, 0).is_err() {
         count(Counter::AllocsMapFull);
         return;
     }
     unsafe {
-        atomic_add(&raw mut (*totals).live_bytes, size as i64);
-        atomic_add(&raw mut (*totals).live_count, 1);
-        atomic_add((&raw mut (*totals).total_bytes).cast(), size as i64);
-        atomic_add((&raw mut (*totals).total_count).cast(), 1);
+        atomic_add(&raw mut (*totals).live_bytes, weight as i64);
+        atomic_add(&raw mut (*totals).live_count, count_weight as i64);
+        atomic_add((&raw mut (*totals).total_bytes).cast(), weight as i64);
+        atomic_add((&raw mut (*totals).total_count).cast(), count_weight as i64);
     }
     count(Counter::Allocs);
 }

@@ -53,8 +53,8 @@ pub fn free_block(tgid: u32, addr: u64, not_after: Option<u64>) {
     let skey = StackKey { tgid, stack_id: info.stack_id };
     if let Some(t) = STACK_TOTALS.get_ptr_mut(&skey) {
         unsafe {
-            atomic_add(&raw mut (*t).live_bytes, -(info.size as i64));
-            atomic_add(&raw mut (*t).live_count, -1);
+            atomic_add(&raw mut (*t).live_bytes, -(info.weight as i64));
+            atomic_add(&raw mut (*t).live_count, -(info.count_weight as i64));
         }
     }
     count(Counter::Frees);

@@ -26,6 +26,10 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(1 << 14, 0);
 #[map]
 pub static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// Bytes left until the next sample, by thread (`--sample-bytes`).
+#[map]
+pub static SAMPLE_COUNTDOWN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1 << 16, 0);
+
 /// mmap/munmap/mremap arguments between sys_enter and sys_exit, by thread.
 #[map]
 pub static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(1 << 14, 0);

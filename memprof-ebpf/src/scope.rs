@@ -12,6 +12,14 @@ static TARGET_CGROUP_ID: u64 = 0;
 static TARGET_CGROUP_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+/// Mean bytes between samples; 0: record every allocation.
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+
+#[inline(always)]
+pub fn sample_bytes() -> u64 {
+    global(&SAMPLE_BYTES)
+}
 
 #[inline(always)]
 fn global<T: Copy>(v: &T) -> T {

@@ -34,6 +34,12 @@ pub struct Opt {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
 
+    /// Sample allocations by bytes, recording on average one per N bytes allocated (allocations
+    /// of N bytes or more always); sizes and counts are scaled up to unbiased estimates.
+    /// Default: every allocation is recorded.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_bytes: Option<u64>,
+
     /// Most live allocations tracked at once (kernel map size).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_allocations: u32,
@@ -41,6 +47,12 @@ pub struct Opt {
     /// Most distinct call stacks recorded (kernel map size).
     #[arg(long, default_value_t = 1 << 14, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_stacks: u32,
+
+    /// Keep free's probe on its first instruction. By default, when free begins with a NULL
+    /// check that the kernel would single-step (glibc: `test %rdi,%rdi; je`), its probe goes on
+    /// the first instruction after it that the kernel emulates, which is much cheaper per call.
+    #[arg(long)]
+    pub no_probe_placement: bool,
 
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]

@@ -146,6 +146,9 @@ pub struct Report {
     pub duration_s: f64,
     /// Why the run ended: `duration`, `signal`, `targets_exited`.
     pub end_reason: String,
+    /// `--sample-bytes`: mean bytes between recorded allocations (bytes and counts are
+    /// estimates); None: every allocation was recorded.
+    pub sample_bytes: Option<u64>,
     /// Stacks by outstanding bytes, largest first.
     pub stacks: Vec<StackReport>,
     pub live_bytes: u64,

@@ -59,6 +59,8 @@ pub struct Config {
     pub output: PathBuf,
     pub top: usize,
     pub sizes: MapSizes,
+    /// Free-like probes may move past a NULL check (not `--no-probe-placement`).
+    pub probe_placement: bool,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -137,7 +139,9 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             allocs: opt.max_allocations,
             stacks: opt.max_stacks,
             stack_totals: opt.max_stacks.saturating_mul(4),
+            sample_bytes: opt.sample_bytes.unwrap_or(0),
         },
+        probe_placement: !opt.no_probe_placement,
     })
 }
 
@@ -230,6 +234,7 @@ struct Session {
 async fn profile(config: Config) -> Result<(), Failure> {
     let _tracefs = tracefs::ensure_mounted().context("failed to mount tracefs")?;
     let mut probes = Probes::load(config.scope, config.sizes).context("failed to load the BPF programs")?;
+    probes.set_probe_placement(config.probe_placement);
     let collector = Collector::new(&mut probes.bpf).context("failed to open the event ring buffer")?;
     let mut s = Session {
         config,
@@ -675,6 +680,7 @@ impl Session {
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             duration_s: elapsed,
             end_reason: end_reason.to_string(),
+            sample_bytes: (self.config.sizes.sample_bytes > 0).then_some(self.config.sizes.sample_bytes),
             live_bytes: stacks.iter().map(|s| s.bytes).sum(),
             live_allocations: stacks.iter().map(|s| s.allocations).sum(),
             stacks,

@@ -190,7 +190,24 @@ fn unescape_octal(s: &str) -> String {
 // setup
 // ---------------------------------------------------------------------------------------------
 
-const APT_PACKAGES: &[&str] = &["gcc", "libc6-dev", "pkg-config"];
+const APT_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "pkg-config",
+    "binutils",
+    "gzip",
+    // report.html is opened in headless Chromium; profile.pb.gz is decoded with protoc (an
+    // independent decoder) against the upstream profile.proto.
+    "chromium",
+    "protobuf-compiler",
+    // The container tests (tests/tests/containers.rs): podman with runc, and the fixture
+    // image's pieces (a jemalloc-linked and a static musl fixture, busybox as its shell).
+    "podman",
+    "runc",
+    "libjemalloc-dev",
+    "musl-tools",
+    "busybox-static",
+];
 
 fn setup() -> Result<()> {
     setup_packages()?;

@@ -10,6 +10,7 @@
 //! no block can be recorded whose free would go unseen, and no entry lacks its return probe.
 
 pub mod elf;
+pub mod placement;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,7 +25,8 @@ use crate::{
     report::ProbeInfo,
     target::maps::{self, MapEntry},
 };
-use elf::{ElfInfo, scan_allocator_symbols};
+use elf::{AllocSymbol, ElfInfo, scan_allocator_symbols};
+use placement::Placement;
 
 /// The compiled kernel side, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memprof"));
@@ -38,12 +40,14 @@ pub enum Scope {
     Process { tgid: u32 },
 }
 
-/// Map sizes, set at load time.
+/// Map sizes and recording settings, set at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub allocs: u32,
     pub stacks: u32,
     pub stack_totals: u32,
+    /// Mean bytes between samples; 0: every allocation.
+    pub sample_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +121,11 @@ pub struct Probes {
     pub attach_failures: u64,
     /// Optional tracepoints that could not be attached (exec, OOM victim).
     pub optional_failures: Vec<String>,
+    /// Move free-like probes past a leading NULL check onto an emulated instruction
+    /// (`placement.rs`); off with `--no-probe-placement`.
+    probe_placement: bool,
+    /// The placement chosen per object and free-like function (decided and logged once).
+    placements: HashMap<(ObjectKey, &'static str), Placement>,
 }
 
 impl Probes {
@@ -132,6 +141,7 @@ impl Probes {
             .override_global("TARGET_CGROUP_ID", &cg_id, true)
             .override_global("TARGET_CGROUP_LEVEL", &cg_level, true)
             .override_global("TARGET_TGID", &tgid, true)
+            .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
             .map_max_entries("ALLOCS", sizes.allocs)
             .map_max_entries("STACKS", sizes.stacks)
             .map_max_entries("STACK_TOTALS", sizes.stack_totals)
@@ -164,7 +174,36 @@ impl Probes {
             placed: Vec::new(),
             attach_failures: 0,
             optional_failures,
+            probe_placement: true,
+            placements: HashMap::new(),
         })
+    }
+
+    /// Whether free-like probes may be moved off the function entry (default: yes).
+    pub fn set_probe_placement(&mut self, on: bool) {
+        self.probe_placement = on;
+    }
+
+    /// The file offset of a free-like function's probe: the entry, or (with probe placement)
+    /// past its NULL check onto an emulated instruction. Decided once per object.
+    fn free_probe_offset(&mut self, e: &MapEntry, path: &std::path::Path, sym: &AllocSymbol) -> u64 {
+        if !self.probe_placement {
+            return sym.file_offset;
+        }
+        let key = ((e.dev_major, e.dev_minor, e.inode), sym.name);
+        let p = self.placements.entry(key).or_insert_with(|| {
+            let p = match placement::read_code(path, sym.file_offset, placement::code_len(sym.size)) {
+                Ok(code) => placement::place_free_probe(&code, sym.size),
+                Err(err) => Placement { offset: 0, reason: format!("cannot read its code: {err}") },
+            };
+            if p.offset > 0 {
+                info!("{}: {}: probe at +{} ({})", display(e), sym.name, p.offset, p.reason);
+            } else {
+                debug!("{}: {}: probe at the entry ({})", display(e), sym.name, p.reason);
+            }
+            p
+        });
+        sym.file_offset + p.offset
     }
 
     /// Places probes on every allocator object `pid` maps that it does not have probes on yet.
@@ -224,7 +263,7 @@ impl Probes {
         // free first, then returns, then entries (see the module documentation).
         let mut plan: Vec<(&'static str, &'static str, u64)> = Vec::new();
         for sym in info.symbols.iter().filter(|s| is_free_like(s.name)) {
-            plan.push((sym.name, "free_enter", sym.file_offset));
+            plan.push((sym.name, "free_enter", self.free_probe_offset(e, &path, sym)));
         }
         for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
             plan.push((sym.name, RETURN_PROGRAM, sym.file_offset));
