@@ -24,10 +24,12 @@ pub enum AllocKind {
     Valloc = 7,
     Pvalloc = 8,
     Mmap = 9,
+    /// `--mode rss`: a page made resident by a page fault.
+    Page = 10,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 10] = [
+    pub const ALL: [AllocKind; 11] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -38,6 +40,7 @@ impl AllocKind {
         AllocKind::Valloc,
         AllocKind::Pvalloc,
         AllocKind::Mmap,
+        AllocKind::Page,
     ];
 
     pub const fn from_u32(v: u32) -> Option<AllocKind> {
@@ -61,6 +64,7 @@ impl AllocKind {
             AllocKind::Valloc => "valloc",
             AllocKind::Pvalloc => "pvalloc",
             AllocKind::Mmap => "mmap",
+            AllocKind::Page => "page",
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct AllocInfo {
     /// Allocations this record stands for (1 without sampling).
     pub count_weight: u32,
     pub _pad: u32,
+    /// The stack key's extra leaf frame (see [`StackKey::leaf_ret`]).
+    pub leaf_ret: u64,
 }
 
 /// Key of the per-stack totals map.
@@ -98,6 +104,11 @@ pub struct AllocInfo {
 pub struct StackKey {
     pub tgid: u32,
     pub stack_id: u32,
+    /// A return address the frame-pointer walk misses, or 0: when the stack is taken inside a
+    /// leaf function without a frame of its own (a page fault in libc's memset, a syscall
+    /// wrapper), the word at the user stack pointer is its return address into the caller.
+    /// Userspace keeps it as the second frame only if it points into code.
+    pub leaf_ret: u64,
 }
 
 /// Value of the per-stack totals map. Updated with atomic adds by the kernel, so a snapshot
@@ -168,6 +179,9 @@ pub enum MemEventKind {
     /// A process of the target maps a file executable (dlopen, exec): new code that may define
     /// allocator functions.
     CodeMapped = 6,
+    /// `--mode rss`: a released range too large to walk in the kernel ([`RSS_RELEASE_PAGES_MAX`]):
+    /// userspace retires its pages.
+    RangeReleased = 7,
 }
 
 /// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
@@ -294,6 +308,14 @@ impl Counter {
     }
 }
 
+/// Recording modes (read-only global `MODE`).
+pub const MODE_ALLOCATIONS: u32 = 0;
+/// `--mode rss`: no uprobes; pages made resident by page faults, released by munmap/madvise.
+pub const MODE_RSS: u32 = 1;
+/// `--mode rss`: ranges released in the kernel page by page up to this many pages; larger
+/// ones go to userspace.
+pub const RSS_RELEASE_PAGES_MAX: u64 = 512;
+
 /// Scope filter modes (read-only global `FILTER_MODE`).
 pub const FILTER_CGROUP: u32 = 1;
 pub const FILTER_TGID: u32 = 2;
@@ -304,8 +326,8 @@ macro_rules! assert_size {
     };
 }
 assert_size!(AllocKey, 16);
-assert_size!(AllocInfo, 40);
-assert_size!(StackKey, 8);
+assert_size!(AllocInfo, 48);
+assert_size!(StackKey, 16);
 assert_size!(StackTotals, 32);
 assert_size!(InFlight, 40);
 assert_size!(SyscallArgs, 32);

@@ -248,20 +248,28 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
             NO_STACK
         }
     };
-    record(tgid, addr, call.size, call.ts_ns, stack_id, kind);
+    record(tgid, addr, call.size, call.ts_ns, stack_id, 0, kind);
     Ok(())
 }
 
 /// Adds one live block to the allocation map and its stack's totals.
 #[inline(always)]
-pub fn record(tgid: u32, addr: u64, size: u64, ts_ns: u64, stack_id: u32, kind: AllocKind) {
+pub fn record(
+    tgid: u32,
+    addr: u64,
+    size: u64,
+    ts_ns: u64,
+    stack_id: u32,
+    leaf_ret: u64,
+    kind: AllocKind,
+) {
     let key = AllocKey { tgid, _pad: 0, addr };
     if unsafe { ALLOCS.get(&key) }.is_some() {
         // A free we did not see (an allocator path we do not probe): retire the old record.
         count(Counter::Overwritten);
         free_block(tgid, addr, None);
     }
-    let skey = StackKey { tgid, stack_id };
+    let skey = StackKey { tgid, stack_id, leaf_ret };
     let totals = match STACK_TOTALS.get_ptr_mut(&skey) {
         Some(t) => t,
         None => {
@@ -285,6 +293,7 @@ pub fn record(tgid: u32, addr: u64, size: u64, ts_ns: u64, stack_id: u32, kind: 
         kind: kind as u32,
         count_weight: count_weight as u32,
         _pad: 0,
+        leaf_ret,
     };
     if ALLOCS.insert(&key, &info, 0).is_err() {
         count(Counter::AllocsMapFull);

@@ -36,21 +36,29 @@ fn id_tgid(id: u64) -> u32 {
 /// allocated no later than that time).
 #[inline(always)]
 pub fn free_block(tgid: u32, addr: u64, not_after: Option<u64>) {
+    if !retire(tgid, addr, not_after) {
+        count(Counter::FreeUnknown);
+    }
+}
+
+/// Removes the record at `addr` and subtracts it from its stack's totals. False when there is
+/// no record there.
+#[inline(always)]
+pub fn retire(tgid: u32, addr: u64, not_after: Option<u64>) -> bool {
     let key = AllocKey { tgid, _pad: 0, addr };
     let Some(info) = (unsafe { ALLOCS.get(&key) }).copied() else {
-        count(Counter::FreeUnknown);
-        return;
+        return false;
     };
     if let Some(t) = not_after {
         if info.ts_ns > t {
-            return;
+            return true;
         }
     }
     // Only the thread whose delete succeeds adjusts the totals, so a block is retired once.
     if ALLOCS.remove(&key).is_err() {
-        return;
+        return true;
     }
-    let skey = StackKey { tgid, stack_id: info.stack_id };
+    let skey = StackKey { tgid, stack_id: info.stack_id, leaf_ret: info.leaf_ret };
     if let Some(t) = STACK_TOTALS.get_ptr_mut(&skey) {
         unsafe {
             atomic_add(&raw mut (*t).live_bytes, -(info.weight as i64));
@@ -58,4 +66,5 @@ pub fn free_block(tgid: u32, addr: u64, not_after: Option<u64>) {
         }
     }
     count(Counter::Frees);
+    true
 }

@@ -12,6 +12,7 @@ mod free;
 mod maps;
 mod mmap;
 mod process;
+mod rss;
 mod scope;
 
 #[cfg(not(test))]

@@ -18,7 +18,7 @@ use memprof_common::{Counter, MemEvent, MemEventKind, SyscallArgs};
 
 use crate::{
     maps::{EVENTS, INFLIGHT, STACKS, SYSCALL_ARGS, count},
-    scope::{current, in_scope},
+    scope::{current, in_scope, rss_mode},
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -85,7 +85,7 @@ fn code_mapped() {
 
 /// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
 #[inline(always)]
-fn leaf_return_address() -> u64 {
+pub fn leaf_return_address() -> u64 {
     unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
@@ -101,6 +101,10 @@ fn leaf_return_address() -> u64 {
 
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    if rss_mode() {
+        // Pages are counted as they fault in, not mappings as they are made.
+        return 0;
+    }
     let flags = arg(&ctx, 3);
     if flags & MAP_ANONYMOUS == 0 {
         if arg(&ctx, 2) & PROT_EXEC != 0 && (arg(&ctx, 4) as i64) >= 0 && in_scope(current()) {
@@ -148,6 +152,10 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
+    if rss_mode() {
+        crate::rss::release(arg(&ctx, 0), arg(&ctx, 1));
+        return 0;
+    }
     save(MemEventKind::Munmap, arg(&ctx, 0), arg(&ctx, 1), 0);
     0
 }
@@ -174,6 +182,12 @@ pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
+    if rss_mode() {
+        // The pages move without faulting: counted as released (an undercount until touched
+        // again at the new place is cheaper than a page walk).
+        crate::rss::release(arg(&ctx, 0), arg(&ctx, 1));
+        return 0;
+    }
     save(MemEventKind::Mremap, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
     0
 }

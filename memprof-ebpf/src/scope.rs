@@ -12,6 +12,15 @@ static TARGET_CGROUP_ID: u64 = 0;
 static TARGET_CGROUP_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
+/// `MODE_ALLOCATIONS` or `MODE_RSS`.
+#[unsafe(no_mangle)]
+static MODE: u32 = 0;
+
+#[inline(always)]
+pub fn rss_mode() -> bool {
+    global(&MODE) == memprof_common::MODE_RSS
+}
+
 /// Mean bytes between samples; 0: record every allocation.
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;

@@ -34,6 +34,13 @@ pub struct Opt {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
 
+    /// What to record: `allocations` (uprobes on the allocator functions, exact or sampled) or
+    /// `rss` (no uprobes: pages made resident by page faults, by the stack that touched them
+    /// first; works for any allocator or runtime, at the cost of a page fault, not of every
+    /// allocator call).
+    #[arg(long, value_enum, default_value_t = Mode::Allocations)]
+    pub mode: Mode,
+
     /// Sample allocations by bytes, recording on average one per N bytes allocated (allocations
     /// of N bytes or more always); sizes and counts are scaled up to unbiased estimates.
     /// Default: every allocation is recorded.
@@ -76,6 +83,16 @@ pub fn usage_error(err: clap::Error) -> std::process::ExitCode {
         .trim();
     eprintln!("memprof: error: {line} (see --help)");
     std::process::ExitCode::from(crate::run::EXIT_INPUT)
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Every allocator call (or a sample of them with --sample-bytes).
+    #[value(alias = "exact")]
+    Allocations,
+    /// Resident pages, from page faults.
+    Rss,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -146,6 +146,8 @@ pub struct Report {
     pub duration_s: f64,
     /// Why the run ended: `duration`, `signal`, `targets_exited`.
     pub end_reason: String,
+    /// `allocations` (uprobes on the allocator) or `rss` (resident pages from page faults).
+    pub mode: String,
     /// `--sample-bytes`: mean bytes between recorded allocations (bytes and counts are
     /// estimates); None: every allocation was recorded.
     pub sample_bytes: Option<u64>,

@@ -140,6 +140,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             stacks: opt.max_stacks,
             stack_totals: opt.max_stacks.saturating_mul(4),
             sample_bytes: opt.sample_bytes.unwrap_or(0),
+            rss: opt.mode == crate::cli::Mode::Rss,
         },
         probe_placement: !opt.no_probe_placement,
     })
@@ -383,6 +384,9 @@ impl Session {
                         self.adopt(pid);
                     }
                 }
+                Notice::RangeReleased { pid, addr, len } => {
+                    self.collector.release_range(&mut self.probes.bpf, pid, addr, len);
+                }
                 Notice::OomVictim(pid) => {
                     if self.is_tracked(pid) {
                         self.capture_oom(pid);
@@ -433,7 +437,7 @@ impl Session {
         let comm = target::procs::comm(pid).unwrap_or_default();
         self.symbolizer.observe_process(pid);
         let n = self.probes.attach_process(pid);
-        if n == 0 {
+        if n == 0 && !self.config.sizes.rss {
             warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
         }
         self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
@@ -561,7 +565,7 @@ impl Session {
         if r.leaf_ret != 0
             && ips.get(1) != Some(&r.leaf_ret)
             && !ips.is_empty()
-            && self.symbolizer.is_code(r.pid, r.leaf_ret.saturating_sub(1))
+            && self.symbolizer.is_return_address(r.pid, r.leaf_ret)
         {
             ips.insert(1, r.leaf_ret);
         }
@@ -587,7 +591,7 @@ impl Session {
     }
 
     fn title(&self) -> String {
-        format!("memprof: outstanding allocations of {}", self.config.label)
+        title(&self.config)
     }
 
     fn write_interval_snapshot(&mut self) -> anyhow::Result<()> {
@@ -681,6 +685,7 @@ impl Session {
             duration_s: elapsed,
             end_reason: end_reason.to_string(),
             sample_bytes: (self.config.sizes.sample_bytes > 0).then_some(self.config.sizes.sample_bytes),
+            mode: if self.config.sizes.rss { "rss" } else { "allocations" }.to_string(),
             live_bytes: stacks.iter().map(|s| s.bytes).sum(),
             live_allocations: stacks.iter().map(|s| s.allocations).sum(),
             stacks,
@@ -710,7 +715,7 @@ impl Session {
         };
         // Detach before the (possibly slow) writing: the target stops paying for probes.
         drop(self.probes);
-        let title = format!("memprof: outstanding allocations of {}", self.config.label);
+        let title = title(&self.config);
         let first_folded = self.first_folded.clone().unwrap_or_default();
         let history = output::RunHistory { first_folded: &first_folded, snapshots_dir: &self.config.output };
         let written = write_with_fallback(&self.config.output, &report, &title, &history);
@@ -723,6 +728,14 @@ impl Session {
             }
             Err(err) => Err(Failure::Runtime(err)),
         }
+    }
+}
+
+fn title(config: &Config) -> String {
+    if config.sizes.rss {
+        format!("memprof: resident pages of {} by the stack that touched them first", config.label)
+    } else {
+        format!("memprof: outstanding allocations of {}", config.label)
     }
 }
 

@@ -19,7 +19,7 @@ use aya::{
     programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId, uprobe::UProbeScope},
 };
 use log::{debug, info, warn};
-use memprof_common::{FILTER_CGROUP, FILTER_TGID};
+use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS};
 
 use crate::{
     report::ProbeInfo,
@@ -48,6 +48,8 @@ pub struct MapSizes {
     pub stack_totals: u32,
     /// Mean bytes between samples; 0: every allocation.
     pub sample_bytes: u64,
+    /// `--mode rss`: page faults instead of uprobes.
+    pub rss: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,12 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("oom", "mark_victim", "oom_mark_victim", false),
 ];
 
+/// `--mode rss` only.
+const RSS_TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
+    ("exceptions", "page_fault_user", "page_fault_user", true),
+    ("syscalls", "sys_enter_madvise", "sys_enter_madvise", true),
+];
+
 /// One (file, process) pair we placed probes for.
 type ObjectKey = (u32, u32, u64);
 
@@ -121,6 +129,8 @@ pub struct Probes {
     pub attach_failures: u64,
     /// Optional tracepoints that could not be attached (exec, OOM victim).
     pub optional_failures: Vec<String>,
+    /// `--mode rss`: no uprobes at all.
+    rss: bool,
     /// Move free-like probes past a leading NULL check onto an emulated instruction
     /// (`placement.rs`); off with `--no-probe-placement`.
     probe_placement: bool,
@@ -142,6 +152,7 @@ impl Probes {
             .override_global("TARGET_CGROUP_LEVEL", &cg_level, true)
             .override_global("TARGET_TGID", &tgid, true)
             .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
+            .override_global("MODE", &if sizes.rss { MODE_RSS } else { MODE_ALLOCATIONS }, true)
             .map_max_entries("ALLOCS", sizes.allocs)
             .map_max_entries("STACKS", sizes.stacks)
             .map_max_entries("STACK_TOTALS", sizes.stack_totals)
@@ -155,7 +166,8 @@ impl Probes {
             prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
         }
         let mut optional_failures = Vec::new();
-        for &(category, event, name, required) in TRACEPOINTS {
+        let rss_tracepoints: &[(&str, &str, &str, bool)] = if sizes.rss { RSS_TRACEPOINTS } else { &[] };
+        for &(category, event, name, required) in TRACEPOINTS.iter().chain(rss_tracepoints) {
             let prog: &mut TracePoint = program(&mut bpf, name)?;
             prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
             if let Err(source) = prog.attach(category, event) {
@@ -175,6 +187,7 @@ impl Probes {
             attach_failures: 0,
             optional_failures,
             probe_placement: true,
+            rss: sizes.rss,
             placements: HashMap::new(),
         })
     }
@@ -209,6 +222,9 @@ impl Probes {
     /// Places probes on every allocator object `pid` maps that it does not have probes on yet.
     /// Returns the number of probes placed.
     pub fn attach_process(&mut self, pid: u32) -> usize {
+        if self.rss {
+            return 0;
+        }
         let Ok(entries) = maps::read_maps(pid) else { return 0 };
         let mut placed = 0;
         let mut seen = BTreeSet::new();

@@ -37,6 +37,8 @@ pub enum Notice {
     OomVictim(u32),
     /// The process mapped a file executable (dlopen): rescan its objects.
     CodeMapped(u32),
+    /// `--mode rss`: a released range too large for the kernel to walk.
+    RangeReleased { pid: u32, addr: u64, len: u64 },
 }
 
 /// Live and total figures of one stack at one moment.
@@ -70,13 +72,23 @@ pub struct Collector {
     stack_cache: HashMap<u32, Vec<u64>>,
     /// Mapping events seen (statistics).
     pub mapping_events: u64,
+    /// Bytes and counts retired by userspace (`--mode rss` ranges too large for the kernel),
+    /// per (pid, stack id), subtracted from the kernel's totals at each snapshot (userspace
+    /// cannot update the kernel's totals atomically).
+    released: HashMap<(u32, u32, u64), (u64, u64)>,
 }
 
 impl Collector {
     pub fn new(bpf: &mut Ebpf) -> Result<Collector, CollectError> {
         let map = bpf.take_map("EVENTS").ok_or(CollectError::MissingMap("EVENTS"))?;
         let events = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
-        Ok(Collector { events, mappings: Mappings::default(), stack_cache: HashMap::new(), mapping_events: 0 })
+        Ok(Collector {
+            events,
+            mappings: Mappings::default(),
+            stack_cache: HashMap::new(),
+            mapping_events: 0,
+            released: HashMap::new(),
+        })
     }
 
     /// Applies every pending mapping event and returns what the caller must act on.
@@ -103,6 +115,9 @@ impl Collector {
                 k if k == MemEventKind::Exec as u32 => notices.push(Notice::Exec(ev.tgid)),
                 k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
                 k if k == MemEventKind::CodeMapped as u32 => notices.push(Notice::CodeMapped(ev.tgid)),
+                k if k == MemEventKind::RangeReleased as u32 => {
+                    notices.push(Notice::RangeReleased { pid: ev.tgid, addr: ev.addr, len: ev.len })
+                }
                 _ => {}
             }
         }
@@ -118,12 +133,13 @@ impl Collector {
             BpfHashMap::try_from(map).map_err(map_err("STACK_TOTALS"))?;
         for entry in totals.iter() {
             let Ok((k, v)) = entry else { continue };
-            let key = StackRef { pid: k.tgid, stack_id: k.stack_id, leaf_ret: 0 };
+            let key = StackRef { pid: k.tgid, stack_id: k.stack_id, leaf_ret: k.leaf_ret };
+            let (rb, rc) = self.released.get(&(k.tgid, k.stack_id, k.leaf_ret)).copied().unwrap_or_default();
             snap.insert(
                 key,
                 StackSample {
-                    live_bytes: v.live_bytes.max(0) as u64,
-                    live_count: v.live_count.max(0) as u64,
+                    live_bytes: (v.live_bytes.max(0) as u64).saturating_sub(rb),
+                    live_count: (v.live_count.max(0) as u64).saturating_sub(rc),
                     total_bytes: v.total_bytes,
                     total_count: v.total_count,
                 },
@@ -160,10 +176,37 @@ impl Collector {
         ips
     }
 
+    /// Retires the records in [addr, addr+len) of a process (`--mode rss` ranges the kernel
+    /// handed over). Returns the bytes released.
+    pub fn release_range(&mut self, bpf: &mut Ebpf, pid: u32, addr: u64, len: u64) -> u64 {
+        let Some(map) = bpf.map_mut("ALLOCS") else { return 0 };
+        let Ok(mut allocs) = BpfHashMap::<_, AllocKey, memprof_common::AllocInfo>::try_from(map) else {
+            return 0;
+        };
+        let end = addr.saturating_add(len);
+        let hits: Vec<(AllocKey, memprof_common::AllocInfo)> = allocs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == pid && k.addr >= addr && k.addr < end)
+            .collect();
+        let mut bytes = 0;
+        for (k, v) in hits {
+            if allocs.remove(&k).is_ok() {
+                let e = self.released.entry((pid, v.stack_id, v.leaf_ret)).or_default();
+                e.0 += v.weight;
+                e.1 += u64::from(v.count_weight);
+                bytes += v.weight;
+            }
+        }
+        bytes
+    }
+
     /// Retires a process that exited: the kernel released its memory, so its records leave the
     /// live view. Returns the bytes it still held.
     pub fn retire_process(&mut self, bpf: &mut Ebpf, pid: u32) -> u64 {
         let mut held = self.mappings.forget(pid);
+        let released: u64 = self.released.iter().filter(|((p, _, _), _)| *p == pid).map(|(_, v)| v.0).sum();
+        self.released.retain(|(p, _, _), _| *p != pid);
         if let Some(map) = bpf.map_mut("ALLOCS") {
             if let Ok(mut allocs) = BpfHashMap::<_, AllocKey, memprof_common::AllocInfo>::try_from(map) {
                 let keys: Vec<AllocKey> = allocs.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
@@ -180,6 +223,7 @@ impl Collector {
                     held += v.live_bytes.max(0) as u64;
                     let _ = totals.remove(&k);
                 }
+                held = held.saturating_sub(released);
             }
         }
         held

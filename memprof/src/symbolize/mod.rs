@@ -138,6 +138,20 @@ impl Symbolizer {
         self.locate(pid, addr).is_some()
     }
 
+    /// Whether `addr` looks like a return address in `pid`: it is in code and the bytes just
+    /// before it are a call instruction (`call rel32`, or `call r/m64` of 2 to 7 bytes). Used to
+    /// vet the word read at the stack pointer before it is trusted as a frame.
+    pub fn is_return_address(&mut self, pid: u32, addr: u64) -> bool {
+        let Some(loc) = self.locate(pid, addr) else { return false };
+        let Some(file) = self.modules[loc.module]._file.as_ref() else { return false };
+        let Some(start) = loc.offset.checked_sub(7) else { return false };
+        let mut b = [0u8; 7];
+        if std::os::unix::fs::FileExt::read_exact_at(file, &mut b, start).is_err() {
+            return false;
+        }
+        looks_like_call_before(&b)
+    }
+
     /// Symbolizes a user stack (leaf first, as the kernel reports it) of `pid` and returns the
     /// frames root → leaf. Every address is a return address or an instruction after a syscall,
     /// so `addr - 1` is looked up (the call instruction itself). The walk stops at the first
@@ -201,6 +215,20 @@ impl Symbolizer {
     }
 }
 
+/// `b` = the 7 bytes before a return address: does a call instruction end there?
+fn looks_like_call_before(b: &[u8; 7]) -> bool {
+    // call rel32: E8 + 4 bytes.
+    if b[2] == 0xE8 {
+        return true;
+    }
+    // call r/m64: [REX] FF /2 with ModRM reg field 2, 2..7 bytes long.
+    (2..=7).any(|len| {
+        let i = 7 - len;
+        let (op, modrm) = if b[i] & 0xF0 == 0x40 && len >= 3 { (b[i + 1], b[i + 2]) } else { (b[i], b[i + 1]) };
+        op == 0xFF && (modrm >> 3) & 7 == 2
+    })
+}
+
 fn module_base(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
@@ -247,4 +275,25 @@ fn to_frames(module: &str, offset: u64, s: &Symbolized<'_>) -> Option<Vec<Frame>
         });
     }
     Some(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_call_before;
+
+    #[test]
+    fn recognises_calls() {
+        // call rel32
+        assert!(looks_like_call_before(&[0x90, 0x90, 0xE8, 1, 2, 3, 4]));
+        // call *%rax (ff d0)
+        assert!(looks_like_call_before(&[0, 0, 0, 0, 0, 0xFF, 0xD0]));
+        // call *0x10(%rbx) (ff 53 10)
+        assert!(looks_like_call_before(&[0, 0, 0, 0, 0xFF, 0x53, 0x10]));
+        // call *%r11 (41 ff d3)
+        assert!(looks_like_call_before(&[0, 0, 0, 0, 0x41, 0xFF, 0xD3]));
+        // push/mov/ret: not a call
+        assert!(!looks_like_call_before(&[0x48, 0x89, 0xe5, 0x55, 0x48, 0x89, 0xc3]));
+        // jmp *%rax (ff e0): /4, not /2
+        assert!(!looks_like_call_before(&[0, 0, 0, 0, 0, 0xFF, 0xE0]));
+    }
 }

@@ -1,0 +1,109 @@
+//! `--mode rss`: which code makes resident memory grow, for any allocator or runtime, without
+//! uprobes. A page is recorded (under the user stack of the faulting thread) the first time a
+//! page fault touches it; munmap, mremap and madvise(DONTNEED/FREE/REMOVE) release its record;
+//! userspace retires a process's pages when it exits. Records reuse the allocation maps: key
+//! (tgid, page address), size 4096.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::bpf_ktime_get_ns,
+    macros::tracepoint,
+    programs::{TracePointContext, tracing::StackIdContext},
+};
+use memprof_common::{AllocKey, AllocKind, Counter, MemEvent, MemEventKind, RSS_RELEASE_PAGES_MAX};
+
+use crate::{
+    alloc::{NO_STACK, record},
+    free::retire,
+    maps::{ALLOCS, STACKS, count},
+    mmap::{emit, leaf_return_address},
+    scope::{current, in_scope, rss_mode},
+};
+
+const PAGE: u64 = 4096;
+const MADV_DONTNEED: u64 = 4;
+const MADV_FREE: u64 = 8;
+const MADV_REMOVE: u64 = 9;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+
+/// exceptions:page_fault_user — address at offset 8.
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    let _ = try_page_fault(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
+    if !rss_mode() {
+        return Ok(());
+    }
+    let id = current();
+    if !in_scope(id) {
+        return Ok(());
+    }
+    let address: u64 = unsafe { ctx.read_at(8) }.map_err(|e| e as i64)?;
+    let tgid = (id >> 32) as u32;
+    let page = address & !(PAGE - 1);
+    if unsafe { ALLOCS.get(&AllocKey { tgid, _pad: 0, addr: page }) }.is_some() {
+        return Ok(());
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            count(Counter::StackIdFailed);
+            NO_STACK
+        }
+    };
+    let leaf_ret = leaf_return_address();
+    record(tgid, page, PAGE, unsafe { bpf_ktime_get_ns() }, stack_id, leaf_ret, AllocKind::Page);
+    Ok(())
+}
+
+/// syscalls:sys_enter_madvise — releasing advice drops the pages.
+#[tracepoint]
+pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
+    if !rss_mode() {
+        return 0;
+    }
+    let advice = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0);
+    if matches!(advice, MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED) {
+        let addr = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0);
+        let len = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0);
+        release(addr, len);
+    }
+    0
+}
+
+/// Releases the page records of [addr, addr+len) of the current process: in the kernel up to
+/// [`RSS_RELEASE_PAGES_MAX`] pages, larger ranges through userspace.
+#[inline(always)]
+pub fn release(addr: u64, len: u64) {
+    let id = current();
+    if !in_scope(id) || len == 0 {
+        return;
+    }
+    let tgid = (id >> 32) as u32;
+    let start = addr & !(PAGE - 1);
+    let pages = (len + (addr - start) + PAGE - 1) / PAGE;
+    if pages > RSS_RELEASE_PAGES_MAX {
+        emit(MemEvent {
+            kind: MemEventKind::RangeReleased as u32,
+            tgid,
+            addr: start,
+            len: pages * PAGE,
+            new_addr: 0,
+            new_len: 0,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            stack_id: -1,
+            leaf_ret: 0,
+        });
+        return;
+    }
+    for i in 0..RSS_RELEASE_PAGES_MAX {
+        if i >= pages {
+            break;
+        }
+        retire(tgid, start + i * PAGE, None);
+    }
+}
