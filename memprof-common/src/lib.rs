@@ -245,12 +245,15 @@ pub enum Counter {
     TailCalls = 15,
     /// Allocations not recorded by sampling (`--sample-bytes`): expected, not a loss.
     Unsampled = 16,
+    /// `bpf_get_stackid` hash collisions, recovered by recording the stack without its first
+    /// frame (kept beside it); `stack_id_failed` counts the ones that could not be recovered.
+    StackCollisions = 17,
 }
 
 pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -268,6 +271,7 @@ impl Counter {
         Counter::StackMappingsSkipped,
         Counter::TailCalls,
         Counter::Unsampled,
+        Counter::StackCollisions,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -289,6 +293,7 @@ impl Counter {
             Counter::StackMappingsSkipped => "stack_mappings_skipped",
             Counter::TailCalls => "tail_calls",
             Counter::Unsampled => "unsampled",
+            Counter::StackCollisions => "stack_collisions",
         }
     }
 
@@ -307,6 +312,11 @@ impl Counter {
         )
     }
 }
+
+/// Flag in [`StackKey::leaf_ret`]: the address (without the flag) is the stack's missing LEAF
+/// frame, to put before the recorded ones. Set when `bpf_get_stackid` hit a hash collision and
+/// the stack was recorded again without its first frame (which lands in another bucket).
+pub const LEAF_PREPEND: u64 = 1 << 63;
 
 /// Recording modes (read-only global `MODE`).
 pub const MODE_ALLOCATIONS: u32 = 0;

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use memprof_common::{
     AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_RECORDED, INFLIGHT_UNSAMPLED, InFlight,
-    StackKey, StackTotals, sampling,
+    LEAF_PREPEND, StackKey, StackTotals, sampling,
 };
 
 use crate::{
@@ -27,6 +27,14 @@ use crate::{
 
 /// Stack id recorded when `bpf_get_stackid` fails.
 pub const NO_STACK: u32 = u32::MAX;
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn user_ip<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    unsafe { (*regs).rip }
+}
 
 #[inline(always)]
 fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
@@ -241,14 +249,28 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
         count(Counter::FailedAllocs);
         return Ok(());
     }
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
+    let (stack_id, leaf_ret) = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => (id as u32, 0),
+        Err(e) if e == -EEXIST => {
+            // Another stack owns this bucket. The same stack without its first frame hashes
+            // elsewhere; that frame (the return address into the allocating function, the
+            // instruction pointer here) is kept beside it.
+            count(Counter::StackCollisions);
+            let skip_one = BPF_F_USER_STACK as u64 | 1;
+            match ctx.get_stackid(&STACKS, skip_one) {
+                Ok(id) => (id as u32, LEAF_PREPEND | user_ip(ctx)),
+                Err(_) => {
+                    count(Counter::StackIdFailed);
+                    (NO_STACK, 0)
+                }
+            }
+        }
         Err(_) => {
             count(Counter::StackIdFailed);
-            NO_STACK
+            (NO_STACK, 0)
         }
     };
-    record(tgid, addr, call.size, call.ts_ns, stack_id, 0, kind);
+    record(tgid, addr, call.size, call.ts_ns, stack_id, leaf_ret, kind);
     Ok(())
 }
 

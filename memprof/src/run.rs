@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use log::{info, warn};
-use memprof_common::Counter;
+use memprof_common::{Counter, LEAF_PREPEND};
 
 use crate::{
     analyze::{self, Class, History, Series},
@@ -97,6 +97,7 @@ fn init_logging(verbose: u8) {
 
 pub fn run(opt: Opt) -> Result<(), Failure> {
     let config = resolve(opt)?;
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,6 +178,18 @@ fn resolve_cgroup_spec(spec: &str, mount: &Path) -> Result<CgroupTarget, Failure
             many.len(),
             many.iter().take(10).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ))),
+    }
+}
+
+/// Every probe is a file descriptor (a perf event), kept until the end: raise the soft limit to
+/// the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 
@@ -366,15 +379,24 @@ impl Session {
             match notice {
                 Notice::Mapped(pid) if !self.is_tracked(pid) => self.adopt(pid),
                 Notice::Mapped(_) => {}
-                Notice::Exec(pid) => {
+                Notice::Exec { pid, ts_ns } => {
                     if self.is_tracked(pid) {
-                        // The old image's memory went with it; the new one may map other objects.
-                        let held = self.collector.retire_process(&mut self.probes.bpf, pid);
-                        self.probes.detach_process(pid);
-                        info!("pid {pid} called execve; {} of its old image released", output::human_bytes(held));
-                        self.processes.remove(&pid);
+                        // The old image's memory went with it (records made before the execve);
+                        // the per-process probes stay (the kernel re-arms them in the new image
+                        // for the objects it maps again), and objects new to it get probes.
+                        let held = self.collector.release_before(&mut self.probes.bpf, pid, ts_ns);
+                        if held > 0 {
+                            info!("pid {pid} called execve; {} of its old image released", output::human_bytes(held));
+                        }
+                        self.symbolizer.observe_process(pid);
+                        self.frames.retain(|r, _| r.pid != pid);
+                        self.probes.attach_process(pid);
+                        if let Some(p) = self.processes.get_mut(&pid) {
+                            p.comm = target::procs::comm(pid).unwrap_or_default();
+                        }
+                    } else {
+                        self.adopt(pid);
                     }
-                    self.adopt(pid);
                 }
                 Notice::CodeMapped(pid) => {
                     if self.is_tracked(pid) {
@@ -423,7 +445,12 @@ impl Session {
             // The kernel released everything the process held: not leaks.
             self.drain_events();
             let held = self.collector.retire_process(&mut self.probes.bpf, pid);
-            self.probes.detach_process(pid);
+            // Its probes stay attached (they are per-process perf events and never fire again)
+            // until memprof exits: on kernel 6.18, closing uprobe perf events and attaching new
+            // ones at the same offsets shortly after was seen to leave the new ones disarmed
+            // (a process restarting in a container lost every allocation). The cost is ~20 file
+            // descriptors per exited process; see raise_fd_limit().
+            self.probes.forget_process(pid);
             self.symbolizer.forget_process(pid);
             if let Some(p) = self.processes.get_mut(&pid) {
                 p.alive = false;
@@ -562,7 +589,9 @@ impl Session {
             return Vec::new();
         }
         let mut ips = self.collector.stack_ips(&self.probes.bpf, r.stack_id);
-        if r.leaf_ret != 0
+        if r.leaf_ret & LEAF_PREPEND != 0 {
+            ips.insert(0, r.leaf_ret & !LEAF_PREPEND);
+        } else if r.leaf_ret != 0
             && ips.get(1) != Some(&r.leaf_ret)
             && !ips.is_empty()
             && self.symbolizer.is_return_address(r.pid, r.leaf_ret)

@@ -183,7 +183,8 @@ impl Podman {
     }
 
     /// Removes the containers named by [`container_name`] for a test process that is gone (a
-    /// run killed before its guards could clean up).
+    /// run killed before its guards could clean up), and that process's `/out` folders and
+    /// engine log (kept until then for inspection).
     fn sweep_stale_containers(&self) {
         let Ok(names) = self.run(&["ps", "--all", "--format", "{{.Names}}"]) else {
             return;
@@ -197,6 +198,28 @@ impl Podman {
             };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 remove_container_with(self, name);
+            }
+        }
+        // Their `/out` folders and engine logs (`out/<name>-<pid>`, `api-<pid>.log`).
+        let dead = |name: &str| {
+            name.rsplit(['-', '.'])
+                .find_map(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        };
+        for dir in [self.dir.join("out"), self.dir.clone()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = if dir == self.dir {
+                    name.starts_with("api-") && name.ends_with(".log")
+                } else {
+                    name.starts_with(CONTAINER_PREFIX)
+                };
+                if ours && dead(name.trim_end_matches(".log")) {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
             }
         }
     }

@@ -31,7 +31,11 @@ fn free_probe(summary: &Value) -> (String, u64) {
                     .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
         })
         .collect();
-    assert_eq!(found.len(), 1, "one free probe on libc expected; probes: {probes:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "one free probe on libc expected; probes: {probes:?}"
+    );
     let p = found[0];
     assert_eq!(p["attached"], true, "free probe not attached: {p}");
     (
@@ -94,11 +98,20 @@ fn placement_moves_free_and_changes_no_result() {
     let (on, off) = (&runs[0], &runs[1]);
 
     // The same bytes and blocks per site.
-    assert_eq!(on.truth.sites, off.truth.sites, "the fixture is deterministic");
+    assert_eq!(
+        on.truth.sites, off.truth.sites,
+        "the fixture is deterministic"
+    );
     for site in on.truth.sites.keys() {
         assert_eq!(
-            (site_bytes(&on.summary, site), site_allocations(&on.summary, site)),
-            (site_bytes(&off.summary, site), site_allocations(&off.summary, site)),
+            (
+                site_bytes(&on.summary, site),
+                site_allocations(&on.summary, site)
+            ),
+            (
+                site_bytes(&off.summary, site),
+                site_allocations(&off.summary, site)
+            ),
             "{site}: placement changed the result"
         );
     }
@@ -120,10 +133,16 @@ fn placement_moves_free_and_changes_no_result() {
          default placement: {at_on:#x} (+{delta}), --no-probe-placement: {at_off:#x}\n"
     );
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
-    assert_eq!(at_off, symbol, "--no-probe-placement: free's probe at the symbol");
+    assert_eq!(
+        at_off, symbol,
+        "--no-probe-placement: free's probe at the symbol"
+    );
     if code[0] == 0x48 && code[1] == 0x85 && code[2] == 0xff {
         // glibc's `test %rdi,%rdi; je`: the probe must move onto the push after it.
-        assert!(delta > 0 && delta <= 32, "free's probe did not move: +{delta}");
+        assert!(
+            delta > 0 && delta <= 32,
+            "free's probe did not move: +{delta}"
+        );
         let b = &code[delta as usize..];
         assert!(
             (0x50..=0x57).contains(&b[0]) || (b[0] == 0x41 && (0x50..=0x57).contains(&b[1])),
@@ -243,7 +262,10 @@ impl Bench {
     /// Sends the go signal and returns the measured ns per malloc+free pair.
     fn run(&mut self) -> f64 {
         // SAFETY: kill(2) on our own unreaped child.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) },
+            0
+        );
         let ns: f64 = self.line().trim().parse().expect("ns per pair");
         let st = self.child.wait().expect("benchmark exit");
         assert!(st.success(), "benchmark: {st}");
@@ -272,14 +294,20 @@ fn build_bench() -> PathBuf {
         .arg(&src)
         .output()
         .expect("running gcc");
-    assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bin
 }
 
 /// ns per malloc+free pair under memprof `extra` (None: without memprof).
 fn measure(bin: &Path, extra: Option<&[&str]>, label: &str) -> f64 {
     let mut bench = Bench::start(bin);
-    let Some(extra) = extra else { return bench.run() };
+    let Some(extra) = extra else {
+        return bench.run();
+    };
     let dir = output_dir(label);
     let mut args = vec![
         "--pid".to_string(),

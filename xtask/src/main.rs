@@ -1,6 +1,8 @@
-//! memprof's development tasks: `cargo xtask setup|build|test|demo`.
+//! memprof's development tasks: `cargo xtask setup|build|test|demo|bench`.
 //!
 //! Kept light on purpose: no dependency on the memprof crates.
+
+mod bench;
 
 use std::{
     fs,
@@ -38,6 +40,13 @@ enum Task {
     },
     /// Profile a leaking demo program in its own cgroup for 20 s (root needed).
     Demo,
+    /// Setup, build, then measure memprof's cost next to no profiler and memleak-bpfcc
+    /// (installed if missing) and write BENCHMARKS.md (root needed).
+    Bench {
+        /// 1e5 cycles and one repetition instead of 1e6 and three.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +75,11 @@ fn run_task(task: Task) -> Result<()> {
             setup()?;
             build()?;
             demo()
+        }
+        Task::Bench { quick } => {
+            setup()?;
+            build()?;
+            bench::bench(quick)
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Probes {
     pub optional_failures: Vec<String>,
     /// `--mode rss`: no uprobes at all.
     rss: bool,
+    /// Links of exited processes, kept until the end.
+    pub retired_links: usize,
     /// Move free-like probes past a leading NULL check onto an emulated instruction
     /// (`placement.rs`); off with `--no-probe-placement`.
     probe_placement: bool,
@@ -188,6 +190,7 @@ impl Probes {
             optional_failures,
             probe_placement: true,
             rss: sizes.rss,
+            retired_links: 0,
             placements: HashMap::new(),
         })
     }
@@ -329,13 +332,13 @@ impl Probes {
         placed
     }
 
-    /// Detaches a process's probes (it exited).
-    pub fn detach_process(&mut self, pid: u32) {
+    /// Forgets which objects an exited process had probes on, so a new process that reuses
+    /// its pid is probed afresh. The old links stay attached until the end (see `run.rs`:
+    /// detaching them early disarmed new probes); they filter on the dead task and never fire.
+    pub fn forget_process(&mut self, pid: u32) {
         self.attached.remove(&pid);
-        for (prog_name, link) in self.links.remove(&pid).unwrap_or_default() {
-            if let Ok(prog) = program::<UProbe>(&mut self.bpf, prog_name) {
-                let _ = prog.detach(link);
-            }
+        if let Some(links) = self.links.remove(&pid) {
+            self.retired_links += links.len();
         }
     }
 

@@ -68,7 +68,10 @@ pub struct Placement {
 
 impl Placement {
     fn entry(reason: impl Into<String>) -> Placement {
-        Placement { offset: 0, reason: reason.into() }
+        Placement {
+            offset: 0,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -109,7 +112,10 @@ pub fn place_free_probe(code: &[u8], func_size: u64) -> Placement {
         ));
     }
     if (code.len() as u64) < func_size {
-        return Placement::entry(format!("only {} of its {func_size} bytes could be read", code.len()));
+        return Placement::entry(format!(
+            "only {} of its {func_size} bytes could be read",
+            code.len()
+        ));
     }
     let body = &code[..func_size as usize];
     let insns = match decode_all(body) {
@@ -120,7 +126,9 @@ pub fn place_free_probe(code: &[u8], func_size: u64) -> Placement {
         return Placement::entry("no instructions");
     };
     if let Some(what) = emulated_anyway(first, insn_bytes(body, first)) {
-        return Placement::entry(format!("its first instruction ({what}) is already emulated"));
+        return Placement::entry(format!(
+            "its first instruction ({what}) is already emulated"
+        ));
     }
 
     // Rules 2-5: walk from the entry to the first emulated instruction.
@@ -136,7 +144,8 @@ pub fn place_free_probe(code: &[u8], func_size: u64) -> Placement {
                 "no emulated instruction within the first {MAX_SKIPPED_INSNS} instructions / {MAX_SKIPPED_BYTES} bytes"
             ));
         }
-        if let Err(why) = writes_nothing(ins).and_then(|()| may_skip(ins, skipped.last().copied())) {
+        if let Err(why) = writes_nothing(ins).and_then(|()| may_skip(ins, skipped.last().copied()))
+        {
             return Placement::entry(format!("cannot skip {} at +{}: {why}", name(ins), ins.ip()));
         }
         skipped.push(ins);
@@ -159,7 +168,9 @@ pub fn place_free_probe(code: &[u8], func_size: u64) -> Placement {
         }
     }
 
-    let null_check = skipped.iter().any(|i| i.condition_code() == ConditionCode::e);
+    let null_check = skipped
+        .iter()
+        .any(|i| i.condition_code() == ConditionCode::e);
     let names: Vec<String> = skipped.iter().map(|i| name(i)).collect();
     Placement {
         offset,
@@ -251,7 +262,10 @@ fn is_immediate(kind: OpKind) -> bool {
 
 /// `test %rdi,%rdi` or `cmp $0,%rdi`: flags set by whether the first argument is NULL.
 fn is_null_check_of_rdi(ins: &Instruction) -> bool {
-    if ins.op_count() != 2 || ins.op0_kind() != OpKind::Register || ins.op0_register() != Register::RDI {
+    if ins.op_count() != 2
+        || ins.op0_kind() != OpKind::Register
+        || ins.op0_register() != Register::RDI
+    {
         return false;
     }
     match ins.mnemonic() {
@@ -280,7 +294,10 @@ fn may_skip(ins: &Instruction, prev: Option<&Instruction>) -> Result<(), String>
     }
     if ins.is_jcc_short_or_near() {
         if !matches!(ins.code(), Code::Je_rel8_64 | Code::Je_rel32_64) {
-            return Err("a conditional branch other than je: a non-NULL pointer could bypass the probe".into());
+            return Err(
+                "a conditional branch other than je: a non-NULL pointer could bypass the probe"
+                    .into(),
+            );
         }
         if !prev.is_some_and(is_null_check_of_rdi) {
             return Err("a je that does not directly follow a NULL check of %rdi (test %rdi,%rdi / cmp $0,%rdi)".into());
@@ -289,7 +306,9 @@ fn may_skip(ins: &Instruction, prev: Option<&Instruction>) -> Result<(), String>
     }
     use iced_x86::FlowControl as F;
     match ins.flow_control() {
-        F::Next => Err("not a flag-only instruction (test r,r / cmp r,r / cmp r,imm / endbr64)".into()),
+        F::Next => {
+            Err("not a flag-only instruction (test r,r / cmp r,r / cmp r,imm / endbr64)".into())
+        }
         _ => Err("a branch, call or return: a path could leave before the probe".into()),
     }
 }
@@ -300,7 +319,10 @@ fn writes_nothing(ins: &Instruction) -> Result<(), String> {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(ins);
     for used in info.used_registers() {
-        if !matches!(used.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::None | OpAccess::NoMemAccess) {
+        if !matches!(
+            used.access(),
+            OpAccess::Read | OpAccess::CondRead | OpAccess::None | OpAccess::NoMemAccess
+        ) {
             let r = used.register();
             return Err(if r.full_register() == Register::RDI {
                 "it writes %rdi, the pointer being freed".into()
@@ -309,7 +331,11 @@ fn writes_nothing(ins: &Instruction) -> Result<(), String> {
             });
         }
     }
-    if info.used_memory().iter().any(|m| m.access() != OpAccess::NoMemAccess) {
+    if info
+        .used_memory()
+        .iter()
+        .any(|m| m.access() != OpAccess::NoMemAccess)
+    {
         return Err("it accesses memory".into());
     }
     Ok(())
@@ -318,7 +344,12 @@ fn writes_nothing(ins: &Instruction) -> Result<(), String> {
 /// The target of a direct (relative) branch or call, as an offset from the function's start.
 fn branch_target(ins: &Instruction) -> Option<u64> {
     (0..ins.op_count())
-        .any(|i| matches!(ins.op_kind(i), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64))
+        .any(|i| {
+            matches!(
+                ins.op_kind(i),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            )
+        })
         .then(|| ins.near_branch_target())
 }
 
@@ -338,7 +369,12 @@ mod tests {
 
     fn place(code: &[u8]) -> Placement {
         let p = place_free_probe(code, code.len() as u64);
-        eprintln!("{:02x?} -> +{} ({})", &code[..code.len().min(16)], p.offset, p.reason);
+        eprintln!(
+            "{:02x?} -> +{} ({})",
+            &code[..code.len().min(16)],
+            p.offset,
+            p.reason
+        );
         p
     }
 
@@ -385,9 +421,15 @@ mod tests {
         let p = place(&with_tail(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55], 2));
         assert_eq!(p.offset, 4, "{}", p.reason);
         // endbr64; push %r15 (41 57)
-        assert_eq!(place(&with_tail(&[0xf3, 0x0f, 0x1e, 0xfa, 0x41, 0x57], 2)).offset, 4);
+        assert_eq!(
+            place(&with_tail(&[0xf3, 0x0f, 0x1e, 0xfa, 0x41, 0x57], 2)).offset,
+            4
+        );
         // endbr64; nop
-        assert_eq!(place(&with_tail(&[0xf3, 0x0f, 0x1e, 0xfa, 0x90, 0x55], 2)).offset, 4);
+        assert_eq!(
+            place(&with_tail(&[0xf3, 0x0f, 0x1e, 0xfa, 0x90, 0x55], 2)).offset,
+            4
+        );
     }
 
     #[test]
@@ -403,13 +445,20 @@ mod tests {
         // mov %rsi,%rdi; push %rbp
         let p = place(&with_tail(&[0x48, 0x89, 0xf7, 0x55], 2));
         assert_eq!(p.offset, 0);
-        assert!(p.reason.contains("mov at +0: it writes %rdi"), "{}", p.reason);
+        assert!(
+            p.reason.contains("mov at +0: it writes %rdi"),
+            "{}",
+            p.reason
+        );
         // lea -0x10(%rdi),%rdi; push %rbp
         let p = place(&with_tail(&[0x48, 0x8d, 0x7f, 0xf0, 0x55], 2));
         assert_eq!(p.offset, 0);
         assert!(p.reason.contains("writes %rdi"), "{}", p.reason);
         // test %rdi,%rdi; je; xor %edi,%edi; push %rbp (a 32-bit write of the pointer register)
-        let p = place(&with_tail(&[0x48, 0x85, 0xff, 0x74, 0x09, 0x31, 0xff, 0x55], 2));
+        let p = place(&with_tail(
+            &[0x48, 0x85, 0xff, 0x74, 0x09, 0x31, 0xff, 0x55],
+            2,
+        ));
         assert_eq!(p.offset, 0);
         assert!(p.reason.contains("writes %rdi"), "{}", p.reason);
     }
@@ -421,10 +470,17 @@ mod tests {
         assert_eq!(p.offset, 0);
         assert!(p.reason.contains("NULL check of %rdi"), "{}", p.reason);
         // test %edi,%edi (32 bits only) is not a pointer check either.
-        assert_eq!(place(&with_tail(&[0x85, 0xff, 0x74, 0x01, 0x55], 2)).offset, 0);
+        assert_eq!(
+            place(&with_tail(&[0x85, 0xff, 0x74, 0x01, 0x55], 2)).offset,
+            0
+        );
         // je after an endbr64, not after the test.
         assert_eq!(
-            place(&with_tail(&[0x48, 0x85, 0xff, 0xf3, 0x0f, 0x1e, 0xfa, 0x74, 0x01, 0x55], 2)).offset,
+            place(&with_tail(
+                &[0x48, 0x85, 0xff, 0xf3, 0x0f, 0x1e, 0xfa, 0x74, 0x01, 0x55],
+                2
+            ))
+            .offset,
             0
         );
     }
@@ -432,7 +488,10 @@ mod tests {
     #[test]
     fn branch_back_into_skipped_range_stays() {
         // 0: test %rdi,%rdi  3: je → 14  5: push %rbp  6: mov x2  12: jmp → 5 (the probe itself)
-        let code = [0x48, 0x85, 0xff, 0x74, 0x09, 0x55, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf8, 0xeb, 0xf7, 0xc3];
+        let code = [
+            0x48, 0x85, 0xff, 0x74, 0x09, 0x55, 0x48, 0x89, 0xf8, 0x48, 0x89, 0xf8, 0xeb, 0xf7,
+            0xc3,
+        ];
         let p = place(&code);
         assert_eq!(p.offset, 0);
         assert!(p.reason.contains("targets +5"), "{}", p.reason);
@@ -445,7 +504,9 @@ mod tests {
         code3[13] = 0xf2;
         assert_eq!(place(&code3).offset, 5);
         // A call into the range counts too.
-        let call = [0x48, 0x85, 0xff, 0x74, 0x06, 0x55, 0xe8, 0xf8, 0xff, 0xff, 0xff, 0xc3];
+        let call = [
+            0x48, 0x85, 0xff, 0x74, 0x06, 0x55, 0xe8, 0xf8, 0xff, 0xff, 0xff, 0xc3,
+        ];
         assert_eq!(place(&call).offset, 0);
     }
 
@@ -478,9 +539,15 @@ mod tests {
         // A call first (emulated).
         assert_eq!(place(&with_tail(&[0xe8, 0, 0, 0, 0, 0x55], 1)).offset, 0);
         // sub $8,%rsp first (writes rsp).
-        assert_eq!(place(&with_tail(&[0x48, 0x83, 0xec, 0x08, 0x55], 1)).offset, 0);
+        assert_eq!(
+            place(&with_tail(&[0x48, 0x83, 0xec, 0x08, 0x55], 1)).offset,
+            0
+        );
         // A memory compare: cmp $0,(%rdi).
-        assert_eq!(place(&with_tail(&[0x48, 0x83, 0x3f, 0x00, 0x55], 1)).offset, 0);
+        assert_eq!(
+            place(&with_tail(&[0x48, 0x83, 0x3f, 0x00, 0x55], 1)).offset,
+            0
+        );
         // Too many skipped instructions: 5 x test %rax,%rax then push.
         let mut many = Vec::new();
         for _ in 0..5 {
@@ -493,8 +560,14 @@ mod tests {
         // 4 are fine.
         assert_eq!(place(&with_tail(&many[3..], 1)).offset, 12);
         // A 2-byte REX push other than 0x41 (40 55) is not emulated; multi-byte nop neither.
-        assert_eq!(place(&with_tail(&[0x48, 0x85, 0xc0, 0x40, 0x55], 1)).offset, 0);
-        assert_eq!(place(&with_tail(&[0x48, 0x85, 0xc0, 0x66, 0x90], 1)).offset, 0);
+        assert_eq!(
+            place(&with_tail(&[0x48, 0x85, 0xc0, 0x40, 0x55], 1)).offset,
+            0
+        );
+        assert_eq!(
+            place(&with_tail(&[0x48, 0x85, 0xc0, 0x66, 0x90], 1)).offset,
+            0
+        );
         // No emulated instruction at all.
         assert_eq!(place(&[0x48, 0x85, 0xff, 0xc3]).offset, 0);
     }
@@ -502,16 +575,23 @@ mod tests {
     /// The C library of this machine: free must move to the first push after its NULL check.
     #[test]
     fn real_libc_free() {
-        let Some(libc) = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib64/libc.so.6", "/lib64/libc.so.6"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-        else {
+        let Some(libc) = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib64/libc.so.6",
+            "/lib64/libc.so.6",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file()) else {
             eprintln!("no glibc found: skipped");
             return;
         };
         let info = crate::attach::elf::scan_allocator_symbols(libc).expect("scan libc");
-        let free = info.symbols.iter().find(|s| s.name == "free").expect("libc defines free");
+        let free = info
+            .symbols
+            .iter()
+            .find(|s| s.name == "free")
+            .expect("libc defines free");
         let code = read_code(libc, free.file_offset, code_len(free.size)).expect("read free");
         let p = place_free_probe(&code, free.size);
         eprintln!(
@@ -534,9 +614,15 @@ mod tests {
             .iter()
             .position(|i| i.code() == Code::Je_rel8_64 || i.code() == Code::Je_rel32_64)
             .expect("a je in free");
-        assert!(is_null_check_of_rdi(&insns[je - 1]), "the je follows a NULL check of %rdi");
+        assert!(
+            is_null_check_of_rdi(&insns[je - 1]),
+            "the je follows a NULL check of %rdi"
+        );
         let push = &insns[je + 1];
-        assert!(is_emulated_push(insn_bytes(&code, push)), "a push follows the null check");
+        assert!(
+            is_emulated_push(insn_bytes(&code, push)),
+            "a push follows the null check"
+        );
         assert_eq!(p.offset, push.ip(), "{}", p.reason);
         assert!(p.offset > 0);
     }

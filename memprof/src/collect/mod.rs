@@ -31,8 +31,8 @@ pub struct StackRef {
 pub enum Notice {
     /// The process made an anonymous mapping (make sure we know it).
     Mapped(u32),
-    /// The process called execve.
-    Exec(u32),
+    /// The process called execve (at `ts_ns`, CLOCK_MONOTONIC).
+    Exec { pid: u32, ts_ns: u64 },
     /// The OOM killer chose this process (maybe not ours).
     OomVictim(u32),
     /// The process mapped a file executable (dlopen): rescan its objects.
@@ -112,7 +112,11 @@ impl Collector {
                 k if k == MemEventKind::Mremap as u32 => {
                     self.mappings.remap(ev.tgid, ev.addr, ev.len, ev.new_addr, ev.new_len)
                 }
-                k if k == MemEventKind::Exec as u32 => notices.push(Notice::Exec(ev.tgid)),
+                k if k == MemEventKind::Exec as u32 => {
+                    // The old image's mappings went with it; later events are the new image's.
+                    self.mappings.forget(ev.tgid);
+                    notices.push(Notice::Exec { pid: ev.tgid, ts_ns: ev.ts_ns });
+                }
                 k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
                 k if k == MemEventKind::CodeMapped as u32 => notices.push(Notice::CodeMapped(ev.tgid)),
                 k if k == MemEventKind::RangeReleased as u32 => {
@@ -179,15 +183,31 @@ impl Collector {
     /// Retires the records in [addr, addr+len) of a process (`--mode rss` ranges the kernel
     /// handed over). Returns the bytes released.
     pub fn release_range(&mut self, bpf: &mut Ebpf, pid: u32, addr: u64, len: u64) -> u64 {
+        let end = addr.saturating_add(len);
+        self.release_where(bpf, pid, |k, _| k.addr >= addr && k.addr < end)
+    }
+
+    /// Retires a process's records made before `ts_ns` (its image before an execve).
+    pub fn release_before(&mut self, bpf: &mut Ebpf, pid: u32, ts_ns: u64) -> u64 {
+        self.release_where(bpf, pid, |_, v| v.ts_ns < ts_ns)
+    }
+
+    /// Removes the process's records that `pick` selects; their weights are subtracted from the
+    /// kernel's totals at each snapshot (userspace cannot update those atomically).
+    fn release_where(
+        &mut self,
+        bpf: &mut Ebpf,
+        pid: u32,
+        pick: impl Fn(&AllocKey, &memprof_common::AllocInfo) -> bool,
+    ) -> u64 {
         let Some(map) = bpf.map_mut("ALLOCS") else { return 0 };
         let Ok(mut allocs) = BpfHashMap::<_, AllocKey, memprof_common::AllocInfo>::try_from(map) else {
             return 0;
         };
-        let end = addr.saturating_add(len);
         let hits: Vec<(AllocKey, memprof_common::AllocInfo)> = allocs
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, _)| k.tgid == pid && k.addr >= addr && k.addr < end)
+            .filter(|(k, v)| k.tgid == pid && pick(k, v))
             .collect();
         let mut bytes = 0;
         for (k, v) in hits {
