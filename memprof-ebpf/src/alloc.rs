@@ -286,11 +286,6 @@ pub fn record(
     kind: AllocKind,
 ) {
     let key = AllocKey { tgid, _pad: 0, addr };
-    if unsafe { ALLOCS.get(&key) }.is_some() {
-        // A free we did not see (an allocator path we do not probe): retire the old record.
-        count(Counter::Overwritten);
-        free_block(tgid, addr, None);
-    }
     let skey = StackKey { tgid, stack_id, leaf_ret };
     let totals = match STACK_TOTALS.get_ptr_mut(&skey) {
         Some(t) => t,
@@ -317,9 +312,18 @@ pub fn record(
         _pad: 0,
         leaf_ret,
     };
-    if ALLOCS.insert(&key, &info, 0).is_err() {
-        count(Counter::AllocsMapFull);
-        return;
+    if ALLOCS.insert(&key, &info, BPF_NOEXIST as u64).is_err() {
+        if unsafe { ALLOCS.get(&key) }.is_none() {
+            count(Counter::AllocsMapFull);
+            return;
+        }
+        // A free we did not see (an allocator path we do not probe): retire the old record.
+        count(Counter::Overwritten);
+        free_block(tgid, addr, None);
+        if ALLOCS.insert(&key, &info, 0).is_err() {
+            count(Counter::AllocsMapFull);
+            return;
+        }
     }
     unsafe {
         atomic_add(&raw mut (*totals).live_bytes, weight as i64);

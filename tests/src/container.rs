@@ -26,6 +26,8 @@
 //! | `/bin/busybox`, `/bin/sh`, `/bin/<applet>` | busybox-static and a symlink per applet |
 //! | `/leaky` | `tests/fixtures/leaky.c`, gcc + glibc, with the harness's fixture flags |
 //! | `/leaky-jemalloc` | `tests/fixtures/container/leaky_portable.c` linked `-ljemalloc` |
+//! | `/leaky-tcmalloc` | `leaky_portable.c` (its own pvalloc) linked `-ltcmalloc_minimal` (gperftools) |
+//! | `/leaky-mimalloc` | `leaky_portable.c` (its own pvalloc) linked `-lmimalloc` |
 //! | `/leaky-musl` | `leaky_portable.c`, `musl-gcc -static` (allocator inside the executable) |
 //! | `/lib64/ld-linux-x86-64.so.2`, `/lib/x86_64-linux-gnu/*.so*` | copies (new inodes) of every library `ldd` lists for the binaries above, at the paths `ldd` gives |
 //! | `/start.sh`, `/spawn.sh` | see [`START_SH`], [`SPAWN_SH`] |
@@ -414,6 +416,20 @@ const VARIANTS: &[Variant] = &[
         source: "container/leaky_portable.c",
         extra: &["-ljemalloc"],
     },
+    // tcmalloc and mimalloc define pvalloc themselves (see leaky_portable.c); the fixture reports
+    // on stderr that they own every leaked block.
+    Variant {
+        path: "leaky-tcmalloc",
+        cc: "gcc",
+        source: "container/leaky_portable.c",
+        extra: &["-DLEAKY_NATIVE_PVALLOC", "-ltcmalloc_minimal"],
+    },
+    Variant {
+        path: "leaky-mimalloc",
+        cc: "gcc",
+        source: "container/leaky_portable.c",
+        extra: &["-DLEAKY_NATIVE_PVALLOC", "-lmimalloc"],
+    },
     Variant {
         path: "leaky-musl",
         cc: "musl-gcc",
@@ -466,7 +482,8 @@ fn populate_rootfs(rootfs: &Path) -> Result<()> {
             .args(v.extra);
         let o = cmd.output().with_context(|| {
             format!(
-                "running {} (install gcc, musl-tools and libjemalloc-dev: `cargo xtask setup`)",
+                "running {} (install gcc, musl-tools, libjemalloc-dev, libgoogle-perftools-dev \
+                 and libmimalloc-dev: `cargo xtask setup`)",
                 v.cc
             )
         })?;
@@ -500,10 +517,22 @@ fn populate_rootfs(rootfs: &Path) -> Result<()> {
         ldd(&rootfs.join("leaky-musl"))?.is_empty(),
         "leaky-musl is not static"
     );
-    ensure!(
-        copied.iter().any(|l| l.contains("libjemalloc")),
-        "leaky-jemalloc does not load libjemalloc (libraries: {copied:?})"
-    );
+    // Each allocator-linked fixture must load its allocator, ahead of libc (the first
+    // definition of malloc in the lookup order is the one its calls reach).
+    for (exe, lib) in [
+        ("leaky-jemalloc", "libjemalloc"),
+        ("leaky-tcmalloc", "libtcmalloc_minimal"),
+        ("leaky-mimalloc", "libmimalloc"),
+    ] {
+        let libs = ldd(&rootfs.join(exe))?;
+        let name_of = |l: &String| l.rsplit('/').next().unwrap_or("").to_string();
+        let allocator = libs.iter().position(|l| name_of(l).starts_with(lib));
+        let libc = libs.iter().position(|l| name_of(l).starts_with("libc.so"));
+        ensure!(
+            matches!((allocator, libc), (Some(a), Some(c)) if a < c),
+            "{exe} does not load {lib} ahead of libc (ldd: {libs:?})"
+        );
+    }
 
     fs::write(rootfs.join("start.sh"), START_SH)?;
     fs::write(rootfs.join("spawn.sh"), SPAWN_SH)?;

@@ -1,10 +1,11 @@
 //! Containers: `memprof --cgroup NAME` on a podman container whose processes run from the
-//! container's own rootfs (own glibc copy, jemalloc, a static musl executable), the name
-//! resolved through the Docker-compatible API (`DOCKER_HOST`); processes started inside the
-//! container after memprof attached; a process killed and started again.
+//! container's own rootfs (own glibc copy, jemalloc, mimalloc, a static musl executable), the
+//! name resolved through the Docker-compatible API (`DOCKER_HOST`); processes started inside the
+//! container after memprof attached; a process killed and started again. tcmalloc has a test of
+//! its own, ignored for now (see [`container_tcmalloc_variant`]).
 //!
-//! Needs root, podman and runc, gcc, musl-tools, libjemalloc-dev, busybox-static
-//! (`cargo xtask setup`). Run serially: `cargo test -p memprof-tests --test containers --
+//! Needs root, podman and runc, gcc, musl-tools, libjemalloc-dev, libgoogle-perftools-dev,
+//! libmimalloc-dev, busybox-static (`cargo xtask setup`). Run serially: `cargo test -p memprof-tests --test containers --
 //! --test-threads=1` (the tests also take a lock, so they never overlap).
 //!
 //! `MEMPROF_TEST_CGROUP_BY_PATH=1` passes the container's cgroup path instead of its name (to
@@ -285,6 +286,63 @@ fn container_object(host_pid: u32, needle: &str) -> (String, FileId) {
     (path, id)
 }
 
+/// The fixture's ownership line (`tests/fixtures/container/leaky_portable.c`, on stderr once its
+/// workers are joined): `allocator: NAME VERSION owns OWNED of TOTAL leaked heap blocks`. Checks
+/// that NAME is `allocator` and that it owns every leaked malloc-family block: the program's
+/// calls really reached that allocator (not glibc's malloc). Returns the line.
+fn check_ownership(checks: &mut Checks, fx: &ContainerFixture, allocator: &str) -> String {
+    let stderr = fx.stderr();
+    let Some(line) = stderr.lines().find(|l| l.starts_with("allocator: ")) else {
+        checks.check(false, || {
+            format!(
+                "{}: no `allocator:` line on stderr ({stderr:?}): is it linked with {allocator}?",
+                fx.label
+            )
+        });
+        return String::new();
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // allocator: NAME VERSION owns OWNED of TOTAL leaked heap blocks
+    let owned = words.get(4).and_then(|w| w.parse::<u64>().ok());
+    let total = words.get(6).and_then(|w| w.parse::<u64>().ok());
+    checks.check(
+        words.get(1) == Some(&allocator)
+            && matches!((owned, total), (Some(o), Some(t)) if o == t && t > 0),
+        || format!("{}: expected {allocator} to own every leaked block: {line:?}", fx.label),
+    );
+    line.to_string()
+}
+
+/// Checks that summary.json `probes` has attached `malloc` and `free` probes on an object whose
+/// file name starts with `prefix` (`libmimalloc`), and no probe there that failed to attach.
+fn check_probes_named(checks: &mut Checks, summary: &Value, prefix: &str) {
+    let named: Vec<&Value> = probes(summary)
+        .into_iter()
+        .filter(|p| {
+            p["object"]
+                .as_str()
+                .and_then(|o| o.rsplit('/').next())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    for func in ["malloc", "free"] {
+        checks.check(
+            named.iter().any(|p| {
+                p["function"].as_str() == Some(func) && p["attached"].as_bool() == Some(true)
+            }),
+            || format!("summary.json probes: no attached `{func}` on an object named {prefix}*"),
+        );
+    }
+    let failed: Vec<String> = named
+        .iter()
+        .filter(|p| p["attached"].as_bool() != Some(true))
+        .map(|p| p.to_string())
+        .collect();
+    checks.check(failed.is_empty(), || {
+        format!("summary.json probes on {prefix}* not attached: {failed:?}")
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // a) several processes, several allocators, one container, the name resolved by the engine
 // ---------------------------------------------------------------------------------------------
@@ -298,30 +356,30 @@ fn container_by_name_with_own_libraries() {
 
     let t = Instant::now();
     let engine = Engine::start().expect("starting podman system service");
-    let ct = Container::with_fixtures(
-        &container_name("multi"),
-        image,
-        &[
-            ("glibc-1", "/leaky"),
-            ("glibc-2", "/leaky"),
-            ("jemalloc", "/leaky-jemalloc"),
-            ("musl", "/leaky-musl"),
-        ],
-    )
-    .expect("starting the container");
-    let mut fxs: Vec<ContainerFixture> = ["glibc-1", "glibc-2", "jemalloc", "musl"]
+    let fixtures = [
+        ("glibc-1", "/leaky"),
+        ("glibc-2", "/leaky"),
+        ("jemalloc", "/leaky-jemalloc"),
+        ("mimalloc", "/leaky-mimalloc"),
+        ("musl", "/leaky-musl"),
+    ];
+    let ct = Container::with_fixtures(&container_name("multi"), image, &fixtures)
+        .expect("starting the container");
+    let mut fxs: Vec<ContainerFixture> = fixtures
         .iter()
-        .map(|l| {
+        .map(|(l, _)| {
             ct.fixture(l, READY_TIMEOUT)
                 .unwrap_or_else(|e| panic!("{e:#}"))
         })
         .collect();
     let container_pids: Vec<u32> = fxs.iter().map(|f| f.host_pid).collect();
+    let host_pid_of = |label: &str| fxs.iter().find(|f| f.label == label).unwrap().host_pid;
     say(&format!(
-        "a) engine (pid {}) + container {} ({}) + 4 fixtures ready in {}; host pids {:?}",
+        "a) engine (pid {}) + container {} ({}) + {} fixtures ready in {}; host pids {:?}",
         engine.pid(),
         ct.name(),
         &ct.id()[..12],
+        fxs.len(),
         secs(t.elapsed()),
         fxs.iter()
             .map(|f| (f.label.as_str(), f.host_pid))
@@ -341,7 +399,7 @@ fn container_by_name_with_own_libraries() {
     );
 
     // The container maps its own libc, not the host's.
-    let (ct_libc_path, ct_libc) = container_object(fxs[0].host_pid, "libc.so.6");
+    let (ct_libc_path, ct_libc) = container_object(host_pid_of("glibc-1"), "libc.so.6");
     let host_libc_path = mapped_files(std::process::id(), "libc.so.6")
         .into_iter()
         .next()
@@ -352,8 +410,9 @@ fn container_by_name_with_own_libraries() {
         ct_libc, host_libc,
         "the container's {ct_libc_path} is the host's {host_libc_path}"
     );
-    let (jemalloc_path, ct_jemalloc) = container_object(fxs[2].host_pid, "libjemalloc");
-    let (musl_path, ct_musl) = container_object(fxs[3].host_pid, "leaky-musl");
+    let (jemalloc_path, ct_jemalloc) = container_object(host_pid_of("jemalloc"), "libjemalloc");
+    let (mimalloc_path, ct_mimalloc) = container_object(host_pid_of("mimalloc"), "libmimalloc");
+    let (musl_path, ct_musl) = container_object(host_pid_of("musl"), "leaky-musl");
 
     let t = Instant::now();
     let (mut mp, dir) = start_memprof(&ct, &engine, "containers-multi");
@@ -370,16 +429,25 @@ fn container_by_name_with_own_libraries() {
                 .unwrap_or_else(|e| panic!("{e:#}"))
         })
         .collect();
-    say(&format!("a) all 4 ground truths in {}", secs(t.elapsed())));
+    say(&format!(
+        "a) all {} ground truths in {}",
+        truths.len(),
+        secs(t.elapsed())
+    ));
     let summary = stop_memprof(mp, &dir, Duration::from_secs(2));
 
     let mut checks = Checks::new("a) container by name");
     check_accuracy(
         &mut checks,
-        "a) 2 x glibc + jemalloc + static musl in one container (sum over the 4 processes)",
+        "a) 2 x glibc + jemalloc + mimalloc + static musl in one container (sum over the 5 processes)",
         &truths,
         &summary,
     );
+    // mimalloc really is the allocator of /leaky-mimalloc, and memprof probed it.
+    let mimalloc_fx = fxs.iter().find(|f| f.label == "mimalloc").unwrap();
+    let owner = check_ownership(&mut checks, mimalloc_fx, "mimalloc");
+    say(&format!("a) mimalloc fixture: {owner}"));
+    check_probes_named(&mut checks, &summary, "libmimalloc");
     let cgroup = ct.cgroup_path().unwrap();
     let cg_rel = cgroup
         .strip_prefix(cgroup2_mount())
@@ -393,6 +461,7 @@ fn container_by_name_with_own_libraries() {
     for (what, id, path) in [
         ("the container's libc", ct_libc, &ct_libc_path),
         ("the container's libjemalloc", ct_jemalloc, &jemalloc_path),
+        ("the container's libmimalloc", ct_mimalloc, &mimalloc_path),
         ("the static musl executable", ct_musl, &musl_path),
     ] {
         for func in ["malloc", "free"] {
@@ -412,6 +481,93 @@ fn container_by_name_with_own_libraries() {
     });
     say(&format!("a) probes:\n{}", describe_probes(&summary)));
     say(&format!("a) took {} in all", secs(started.elapsed())));
+    drop(ct);
+    drop(engine);
+    checks.finish(&summary);
+}
+
+// ---------------------------------------------------------------------------------------------
+// a') tcmalloc, apart from a) until memprof attributes its mmap calls
+// ---------------------------------------------------------------------------------------------
+
+/// Like a), for gperftools' tcmalloc (`/leaky-tcmalloc`, linked `-ltcmalloc_minimal`): two
+/// processes in one container, every site within 1 % summed over both, attached `malloc` and
+/// `free` probes on the container's libtcmalloc_minimal, and tcmalloc owning every leaked block.
+///
+/// Ignored, because it fails on two sites, not for the malloc family: every malloc-family site
+/// (leak_malloc ... leak_pvalloc, `churn` at 0) is measured exactly, but `leak_mmap` and
+/// `leak_mmap_partial` measure 0 B. libtcmalloc_minimal interposes `mmap` (and `mmap64`,
+/// `munmap`, `mremap`) with a wrapper that runs its MallocHook hooks and makes the system call
+/// through libc's `syscall()`. That wrapper is built without frame pointers and keeps mmap's
+/// first argument (NULL here) in %rbp, so the frame-pointer walk of the user stack taken at
+/// `sys_enter_mmap` ends after two frames: `syscall` (libc) <- `mmap` (libtcmalloc_minimal). The
+/// bytes are all accounted for (every mapping, partial munmaps included, on that two-frame stack),
+/// just not under the site functions. For memprof to pass: take the stack of a program's mmap at
+/// the entry of an interposed `mmap` (a uprobe, where %rbp is still the caller's), or unwind
+/// without frame pointers. Run it with `-- --ignored container_tcmalloc_variant`.
+#[test]
+#[ignore = "tcmalloc's mmap wrapper (no frame pointer, %rbp = addr) cuts the stacks of the mmap sites to syscall <- mmap; see the doc comment"]
+fn container_tcmalloc_variant() {
+    require_root();
+    let _serial = serial();
+    let started = Instant::now();
+    let image = image();
+    let engine = Engine::start().expect("starting podman system service");
+    let fixtures = [
+        ("tcmalloc-1", "/leaky-tcmalloc"),
+        ("tcmalloc-2", "/leaky-tcmalloc"),
+    ];
+    let ct = Container::with_fixtures(&container_name("tcmalloc"), image, &fixtures)
+        .expect("starting the container");
+    let mut fxs: Vec<ContainerFixture> = fixtures
+        .iter()
+        .map(|(l, _)| {
+            ct.fixture(l, READY_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        })
+        .collect();
+    let container_pids: Vec<u32> = fxs.iter().map(|f| f.host_pid).collect();
+    let (tcmalloc_path, ct_tcmalloc) = container_object(fxs[0].host_pid, "libtcmalloc_minimal");
+
+    let (mut mp, dir) = start_memprof(&ct, &engine, "containers-tcmalloc");
+    mp.wait_attached(ATTACH_TIMEOUT);
+    for fx in &fxs {
+        fx.go().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let truths: Vec<GroundTruth> = fxs
+        .iter_mut()
+        .map(|f| {
+            f.wait_truth(TRUTH_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        })
+        .collect();
+    let summary = stop_memprof(mp, &dir, Duration::from_secs(2));
+
+    let mut checks = Checks::new("a') tcmalloc");
+    check_accuracy(
+        &mut checks,
+        "a') 2 x tcmalloc in one container (sum over the 2 processes)",
+        &truths,
+        &summary,
+    );
+    for fx in &fxs {
+        let owner = check_ownership(&mut checks, fx, "tcmalloc");
+        say(&format!("a') {}: {owner}", fx.label));
+    }
+    check_probes_named(&mut checks, &summary, "libtcmalloc_minimal");
+    for func in ["malloc", "free"] {
+        checks.check(
+            probed(&summary, func, ct_tcmalloc, &container_pids),
+            || {
+                format!(
+                    "no attached `{func}` probe on the container's libtcmalloc_minimal \
+                     ({tcmalloc_path} inside the container)"
+                )
+            },
+        );
+    }
+    say(&format!("a') probes:\n{}", describe_probes(&summary)));
+    say(&format!("a') took {} in all", secs(started.elapsed())));
     drop(ct);
     drop(engine);
     checks.finish(&summary);
@@ -601,10 +757,12 @@ fn infrastructure_image_and_containers() {
             ("glibc", "/leaky"),
             ("jemalloc", "/leaky-jemalloc"),
             ("musl", "/leaky-musl --exit"),
+            ("tcmalloc", "/leaky-tcmalloc"),
+            ("mimalloc", "/leaky-mimalloc"),
         ],
     )
     .expect("container");
-    let mut fxs: Vec<ContainerFixture> = ["glibc", "jemalloc", "musl"]
+    let mut fxs: Vec<ContainerFixture> = ["glibc", "jemalloc", "musl", "tcmalloc", "mimalloc"]
         .iter()
         .map(|l| {
             ct.fixture(l, READY_TIMEOUT)
@@ -630,9 +788,26 @@ fn infrastructure_image_and_containers() {
         mapped_files(fxs[2].host_pid, ".so").is_empty(),
         "leaky-musl maps shared objects"
     );
+    for (fx, lib) in [(&fxs[3], "libtcmalloc_minimal"), (&fxs[4], "libmimalloc")] {
+        let (path, id) = container_object(fx.host_pid, lib);
+        assert_ne!(
+            Some(id),
+            file_id(std::path::Path::new(&path)),
+            "leaky-{} maps the host's {path}",
+            fx.label
+        );
+    }
     // The go signal from inside the container, for all of them at once.
-    ct.exec(&["killall", "-USR1", "leaky", "leaky-jemalloc", "leaky-musl"])
-        .expect("killall -USR1 inside the container");
+    ct.exec(&[
+        "killall",
+        "-USR1",
+        "leaky",
+        "leaky-jemalloc",
+        "leaky-musl",
+        "leaky-tcmalloc",
+        "leaky-mimalloc",
+    ])
+    .expect("killall -USR1 inside the container");
     let truths: Vec<GroundTruth> = fxs
         .iter_mut()
         .map(|f| {
@@ -649,9 +824,17 @@ fn infrastructure_image_and_containers() {
             t.sites
         );
     }
-    // The same leaks in every variant (pvalloc is memalign in the portable one: same bytes).
-    assert_eq!(truths[0].sites, truths[1].sites, "glibc vs jemalloc truth");
-    assert_eq!(truths[0].sites, truths[2].sites, "glibc vs musl truth");
+    // The same leaks in every variant (pvalloc is memalign for jemalloc and musl: same bytes).
+    for (f, t) in fxs.iter().zip(&truths).skip(1) {
+        assert_eq!(truths[0].sites, t.sites, "glibc vs {} truth", f.label);
+    }
+    // tcmalloc and mimalloc own every leaked block of theirs (leaky_portable.c's stderr line).
+    let mut owners = Checks::new("infra: allocator ownership");
+    for (fx, allocator) in [(&fxs[3], "tcmalloc"), (&fxs[4], "mimalloc")] {
+        let line = check_ownership(&mut owners, fx, allocator);
+        say(&format!("infra: {}: {line}", fx.label));
+    }
+    owners.finish(&Value::Null);
     fxs[2]
         .wait_gone(Duration::from_secs(10))
         .expect("musl --exit exits");

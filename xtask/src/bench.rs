@@ -309,7 +309,7 @@ fn setup_memleak() -> Result<Memleak> {
         })
         .filter(|v| Path::new(&format!("/usr/src/linux-headers-{v}-common")).is_dir())
         .collect();
-    versions.sort_by(|a, b| version_key(b).cmp(&version_key(a)));
+    versions.sort_by_key(|v| std::cmp::Reverse(version_key(v)));
     let v = versions
         .first()
         .ok_or_else(|| anyhow!("no /usr/src/linux-headers-*-amd64 with its -common folder"))?;
@@ -1364,14 +1364,7 @@ fn report(
             let hwm = med_of(&ok, |x| x.prof_hwm_kib.map(|v| v as f64));
             let cpu = med_of(&ok, |x| x.prof_cpu_s);
             let lost = med_of(&ok, |x| x.lost.map(|v| v as f64));
-            let mut notes: Vec<String> = Vec::new();
-            for x in &ok {
-                for n in &x.notes {
-                    if !notes.contains(n) {
-                        notes.push(n.clone());
-                    }
-                }
-            }
+            let mut notes = merge_notes(ok.iter().map(|x| &x.notes));
             if !fails.is_empty() {
                 notes.push(format!(
                     "{} of {} runs failed: {}",
@@ -1442,14 +1435,7 @@ fn report(
             md_cell(&live_fail.unwrap_or_default())
         )?;
     } else {
-        let mut notes: Vec<String> = Vec::new();
-        for x in &live_ok {
-            for n in &x.notes {
-                if !notes.contains(n) {
-                    notes.push(n.clone());
-                }
-            }
-        }
+        let mut notes = merge_notes(live_ok.iter().map(|x| &x.notes));
         if let Some(f) = &live_fail {
             notes.push(format!("a run failed: {f}"));
         }
@@ -1507,6 +1493,30 @@ fn report(
         CFLAGS.join(" ")
     )?;
     Ok(md)
+}
+
+/// The distinct notes of a row's runs, each with "(k of n runs)" unless every run had it.
+fn merge_notes<'a>(runs: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut n = 0;
+    for notes in runs {
+        n += 1;
+        for note in notes {
+            match seen.iter_mut().find(|(s, _)| s == note) {
+                Some((_, k)) => *k += 1,
+                None => seen.push((note.clone(), 1)),
+            }
+        }
+    }
+    seen.into_iter()
+        .map(|(s, k)| {
+            if k == n {
+                s
+            } else {
+                format!("{s} ({k} of {n} runs)")
+            }
+        })
+        .collect()
 }
 
 fn md_cell(s: &str) -> String {

@@ -215,10 +215,14 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "protobuf-compiler",
     // The container tests (tests/tests/containers.rs): podman with runc, and the fixture
-    // image's pieces (a jemalloc-linked and a static musl fixture, busybox as its shell).
+    // image's pieces (jemalloc-, tcmalloc- and mimalloc-linked fixtures, a static musl one,
+    // busybox as its shell).
     "podman",
     "runc",
     "libjemalloc-dev",
+    "libgoogle-perftools-dev",
+    "libtcmalloc-minimal4",
+    "libmimalloc-dev",
     "musl-tools",
     "busybox-static",
 ];
@@ -324,7 +328,13 @@ fn setup_bpf_linker() -> Result<()> {
         "cannot read the LLVM version from {llvm}"
     );
 
-    let prefix = target_dir().join("llvm-prefix");
+    // Outside the checkout (bpf-linker's RUNPATH points here, and `cargo clean` or another clone
+    // must not break it): beside cargo's own installs.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))?;
+    let prefix = cargo_home.join("memprof-llvm-prefix");
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let real = sysroot_lib.join(&llvm);
