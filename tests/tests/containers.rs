@@ -308,7 +308,12 @@ fn check_ownership(checks: &mut Checks, fx: &ContainerFixture, allocator: &str) 
     checks.check(
         words.get(1) == Some(&allocator)
             && matches!((owned, total), (Some(o), Some(t)) if o == t && t > 0),
-        || format!("{}: expected {allocator} to own every leaked block: {line:?}", fx.label),
+        || {
+            format!(
+                "{}: expected {allocator} to own every leaked block: {line:?}",
+                fx.label
+            )
+        },
     );
     line.to_string()
 }
@@ -556,15 +561,12 @@ fn container_tcmalloc_variant() {
     }
     check_probes_named(&mut checks, &summary, "libtcmalloc_minimal");
     for func in ["malloc", "free"] {
-        checks.check(
-            probed(&summary, func, ct_tcmalloc, &container_pids),
-            || {
-                format!(
-                    "no attached `{func}` probe on the container's libtcmalloc_minimal \
+        checks.check(probed(&summary, func, ct_tcmalloc, &container_pids), || {
+            format!(
+                "no attached `{func}` probe on the container's libtcmalloc_minimal \
                      ({tcmalloc_path} inside the container)"
-                )
-            },
-        );
+            )
+        });
     }
     say(&format!("a') probes:\n{}", describe_probes(&summary)));
     say(&format!("a') took {} in all", secs(started.elapsed())));
