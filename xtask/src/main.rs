@@ -494,13 +494,14 @@ fn demo() -> Result<()> {
     let root = workspace_root();
     let memprof = target_dir().join("release/memprof");
 
-    // The fixture.
+    // The fixture: three threads, a steady leak, a cache that fills then evicts, and churn, for
+    // 18 s (memprof runs 20 s).
     let fixtures = target_dir().join("fixtures");
     fs::create_dir_all(&fixtures)?;
-    let leaky = fixtures.join("leaky");
+    let leaky = fixtures.join("trends");
     run(Command::new("gcc")
         .args(FIXTURE_CFLAGS)
-        .arg(root.join("tests/fixtures/leaky.c"))
+        .arg(root.join("tests/fixtures/trends.c"))
         .arg("-o")
         .arg(&leaky))?;
 
@@ -519,7 +520,7 @@ fn demo() -> Result<()> {
         .open(cg.0.join("cgroup.procs"))?;
     let fd = procs.as_raw_fd();
     let mut cmd = Command::new(&leaky);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.arg("18").stdin(Stdio::null()).stdout(Stdio::piped());
     default_sigint(&mut cmd);
     // SAFETY: write(2) between fork and exec; nothing is allocated.
     unsafe {
@@ -565,7 +566,7 @@ fn demo() -> Result<()> {
         "--duration",
         "20s",
         "--interval",
-        "2s",
+        "1s",
         "--output",
     ])
     .arg(format!("{}/", out.display()))
@@ -608,6 +609,7 @@ fn demo() -> Result<()> {
     let svg = out.join("leaks.svg");
     println!();
     println!("flame graph: {}", svg.display());
+    println!("report (open in a browser): {}", out.join("report.html").display());
     println!("all results: {}", out.display());
     if !svg.is_file() {
         bail!("{} was not written", svg.display());

@@ -24,7 +24,9 @@
 //!    min(1, n/20) × flatness (0.5..1, 1 for a perfectly flat last third), × 0.8 without
 //!    `total_allocations`.
 //! 6. **churn** when the level is bounded: no trend (|`growth`| ≤ 10% of the mean level), or a
-//!    high turnover (`total_allocations` ≥ 10 × the peak live allocation count). Confidence:
+//!    high turnover (`total_allocations` ≥ 10 × the peak live allocation count) — but never for a
+//!    stack that freed nothing (`total_allocations` = its peak live count: memory held since it
+//!    was allocated, **unknown**). Confidence:
 //!    min(1, n/20) × (1 − 0.5 × min(1, |`growth`| / (10% of the mean level))).
 //! 7. Otherwise **unknown** (confidence 0).
 //!
@@ -194,8 +196,13 @@ pub fn classify(series: &Series, total_allocations: Option<u64>) -> Verdict {
         };
     }
 
-    // Bounded level.
+    // Bounded level. Churn means short-lived allocations: a flat stack that never freed
+    // anything (allocations ever made = live ones) is memory held since it was allocated, not
+    // churn; with no growth either it cannot be called a leak: unknown.
     let trend = growth.abs() / (CHURN_MAX_REL_TREND * mean_level);
+    if turned_over == Some(false) && !high_turnover {
+        return verdict(Class::Unknown, slope, 0.0, recent_slope);
+    }
     if trend <= 1.0 || high_turnover {
         let confidence = size_weight * (1.0 - 0.5 * trend.min(1.0));
         return verdict(Class::Churn, slope, confidence, recent_slope);
@@ -248,6 +255,17 @@ mod tests {
             least_squares(&[(0.0, 4.0), (1.0, 4.0)]),
             Some((0.0, 4.0, 1.0))
         );
+    }
+
+    #[test]
+    fn flat_and_never_freed_is_not_churn() {
+        let mut s = Series::new(Series::DEFAULT_CAP);
+        for i in 0..30 {
+            s.push(Point::new(i as f64, 1_000_000.0, 1000.0));
+        }
+        assert_eq!(classify(&s, Some(1000)).class, Class::Unknown);
+        // The same level with allocations coming and going is churn.
+        assert_eq!(classify(&s, Some(50_000)).class, Class::Churn);
     }
 
     #[test]
