@@ -67,12 +67,12 @@ pub fn emit(ev: MemEvent) {
     }
 }
 
-/// Tells userspace that the current process maps new code (it rescans its objects).
+/// An event about process `tgid` with no address range, stamped now.
 #[inline(always)]
-fn code_mapped() {
-    emit(MemEvent {
-        kind: MemEventKind::CodeMapped as u32,
-        tgid: (current() >> 32) as u32,
+pub fn event(kind: MemEventKind, tgid: u32) -> MemEvent {
+    MemEvent {
+        kind: kind as u32,
+        tgid,
         addr: 0,
         len: 0,
         new_addr: 0,
@@ -80,7 +80,13 @@ fn code_mapped() {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack_id: -1,
         leaf_ret: 0,
-    });
+    }
+}
+
+/// Tells userspace that the current process maps new code (it rescans its objects).
+#[inline(always)]
+fn code_mapped() {
+    emit(event(MemEventKind::CodeMapped, (current() >> 32) as u32));
 }
 
 /// The word at the user stack pointer: in a frameless syscall wrapper, its return address.

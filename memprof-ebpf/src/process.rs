@@ -1,27 +1,13 @@
 //! Process lifecycle events: exec (the old image's allocations are gone; new objects may need
 //! probes) and the OOM killer's victim (to capture evidence before the process dies).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use memprof_common::{MemEvent, MemEventKind};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use memprof_common::MemEventKind;
 
 use crate::{
-    mmap::emit,
+    mmap::{emit, event},
     scope::{current, in_scope},
 };
-
-fn event(kind: MemEventKind, tgid: u32) -> MemEvent {
-    MemEvent {
-        kind: kind as u32,
-        tgid,
-        addr: 0,
-        len: 0,
-        new_addr: 0,
-        new_len: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        stack_id: -1,
-        leaf_ret: 0,
-    }
-}
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {

@@ -16,7 +16,7 @@ use crate::{
     alloc::{NO_STACK, record},
     free::retire,
     maps::{ALLOCS, STACKS, count},
-    mmap::{emit, leaf_return_address},
+    mmap::{emit, event, leaf_return_address},
     scope::{current, in_scope, rss_mode},
 };
 
@@ -87,17 +87,7 @@ pub fn release(addr: u64, len: u64) {
     let start = addr & !(PAGE - 1);
     let pages = (len + (addr - start) + PAGE - 1) / PAGE;
     if pages > RSS_RELEASE_PAGES_MAX {
-        emit(MemEvent {
-            kind: MemEventKind::RangeReleased as u32,
-            tgid,
-            addr: start,
-            len: pages * PAGE,
-            new_addr: 0,
-            new_len: 0,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            stack_id: -1,
-            leaf_ret: 0,
-        });
+        emit(MemEvent { addr: start, len: pages * PAGE, ..event(MemEventKind::RangeReleased, tgid) });
         return;
     }
     for i in 0..RSS_RELEASE_PAGES_MAX {

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::{
-    describe, dpkg_installed, is_root, output_of, privileged, run, target_dir, workspace_root,
+    describe, is_root, output_of, run, target_dir, workspace_root,
 };
 
 /// Flags the workloads are built with: optimised like production code, with frame pointers
@@ -268,20 +268,7 @@ fn setup_memleak() -> Result<Memleak> {
         output_of(Command::new("dpkg").arg("--version")).is_some(),
         "not a Debian system (no dpkg): install bpfcc-tools by hand"
     );
-    let missing: Vec<&str> = ["bpfcc-tools", "linux-headers-amd64"]
-        .into_iter()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("xtask: bench: installing {}", missing.join(" "));
-        run(privileged("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run(privileged("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    crate::apt_install_missing(&["bpfcc-tools", "linux-headers-amd64"])?;
     let program = find_program("memleak-bpfcc")
         .ok_or_else(|| anyhow!("memleak-bpfcc is not in PATH nor in /usr/sbin"))?;
     // Its own interpreter (the system Python that has the bcc module), not the first python3

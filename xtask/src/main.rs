@@ -251,7 +251,13 @@ fn setup_packages() -> Result<()> {
         );
         return Ok(());
     }
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install_missing(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` that are not installed yet (idempotent; runs
+/// `apt-get update` only when something is missing).
+pub(crate) fn apt_install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
