@@ -333,7 +333,7 @@ impl Probes {
     }
 
     /// Forgets which objects an exited process had probes on, so a new process that reuses
-    /// its pid is probed afresh. The old links stay attached until the end (see `run.rs`:
+    /// its pid is probed afresh. The old links stay attached until the end (see `run/session.rs`:
     /// detaching them early disarmed new probes); they filter on the dead task and never fire.
     pub fn forget_process(&mut self, pid: u32) {
         self.attached.remove(&pid);

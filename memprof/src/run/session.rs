@@ -1,253 +1,62 @@
-//! One profiling run: validate the input, load and attach, collect until the end, write the
-//! artifacts.
+//! The run between attach and end: the event loop, process adoption and retirement,
+//! snapshots, OOM evidence.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    process::ExitCode,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 use log::{info, warn};
-use memprof_common::{Counter, LEAF_PREPEND};
+use memprof_common::LEAF_PREPEND;
 
+use super::{Config, Failure, finish::class_name, title};
 use crate::{
     analyze::{self, Class, History, Series},
-    attach::{MapSizes, Probes, Scope},
-    cli::Opt,
+    attach::Probes,
     collect::{Collector, NO_STACK, Notice, Snapshot, StackRef},
     output,
-    report::{Frame, MemoryInfo, OomKill, ProcessInfo, Report, SnapshotInfo, StackReport},
+    report::{Frame, OomKill, SnapshotInfo, StackReport},
     symbolize::Symbolizer,
     target::{
         self,
-        cgroup::CgroupTarget,
         memory::{self, MemorySource},
     },
     tracefs,
 };
 
-/// Exit code for bad input (usage errors use clap's 2 as well).
-pub const EXIT_INPUT: u8 = 2;
-/// Exit code for a failure while profiling.
-pub const EXIT_RUNTIME: u8 = 1;
-
-/// Why a run did not succeed.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad input, found before anything was attached.
-    Input(String),
-    /// A failure while profiling.
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure::Runtime(e)
-    }
-}
-
-/// What to profile, resolved and validated.
-pub struct Config {
-    pub label: String,
-    pub scope: Scope,
-    pub cgroup: Option<CgroupTarget>,
-    pub pid: Option<u32>,
-    pub duration: Option<Duration>,
-    pub interval: Duration,
-    pub output: PathBuf,
-    pub top: usize,
-    pub sizes: MapSizes,
-    /// Free-like probes may move past a NULL check (not `--no-probe-placement`).
-    pub probe_placement: bool,
-}
-
-/// Entry point of the binary: runs and maps the outcome to an exit code.
-pub fn main(opt: Opt) -> ExitCode {
-    init_logging(opt.verbose);
-    match run(opt) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Input(msg)) => {
-            eprintln!("memprof: error: {msg}");
-            ExitCode::from(EXIT_INPUT)
-        }
-        Err(Failure::Runtime(err)) => {
-            eprintln!("memprof: error: {err:#}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
-}
-
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    let _ = env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .format(|buf, record| {
-            use std::io::Write;
-            writeln!(buf, "memprof: {}", record.args())
-        })
-        .try_init();
-}
-
-pub fn run(opt: Opt) -> Result<(), Failure> {
-    let config = resolve(opt)?;
-    raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    rt.block_on(profile(config))
-}
-
-/// Validates everything the user gave us, before anything is attached.
-pub fn resolve(opt: Opt) -> Result<Config, Failure> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Failure::Input(
-            "memprof needs root (BPF and perf events): run it with sudo".into(),
-        ));
-    }
-    let (label, scope, cgroup, pid) = match (&opt.cgroup, opt.pid) {
-        (Some(spec), _) => {
-            let mount = target::cgroup::find_cgroup2_mount().map_err(|e| Failure::Input(e.to_string()))?;
-            let cg = resolve_cgroup_spec(spec, &mount)?;
-            let scope = Scope::Cgroup { id: cg.id, level: cg.level };
-            (spec.clone(), scope, Some(cg), None)
-        }
-        (None, Some(pid)) => {
-            target::procs::check_pid(pid).map_err(|e| Failure::Input(e.to_string()))?;
-            (format!("pid {pid}"), Scope::Process { tgid: pid }, None, Some(pid))
-        }
-        (None, None) => return Err(Failure::Input("give --cgroup or --pid".into())),
-    };
-    let output = opt.output.clone().unwrap_or_else(|| default_output(&label));
-    check_writable(&output).map_err(Failure::Input)?;
-    Ok(Config {
-        label,
-        scope,
-        cgroup,
-        pid,
-        duration: opt.duration,
-        interval: opt.interval,
-        output,
-        top: opt.top,
-        sizes: MapSizes {
-            allocs: opt.max_allocations,
-            stacks: opt.max_stacks,
-            stack_totals: opt.max_stacks.saturating_mul(4),
-            sample_bytes: opt.sample_bytes.unwrap_or(0),
-            rss: opt.mode == crate::cli::Mode::Rss,
-        },
-        probe_placement: !opt.no_probe_placement,
-    })
-}
-
-/// `--cgroup`: a path is taken as a cgroup path; a name is asked of the container engine
-/// (Docker API: DOCKER_HOST, /var/run/docker.sock, /run/podman/podman.sock), then matched against
-/// container runtimes' cgroup names (an ID or ID prefix), then searched as a directory name.
-fn resolve_cgroup_spec(spec: &str, mount: &Path) -> Result<CgroupTarget, Failure> {
-    let input = |e: target::TargetError| Failure::Input(e.to_string());
-    if spec.contains('/') {
-        return target::cgroup::resolve_cgroup(spec, mount).map_err(input);
-    }
-    if let Some(c) = target::engine::resolve_container(spec, mount).map_err(input)? {
-        info!(
-            "container {} ({}) via {}: main pid {}, cgroup {}",
-            c.name,
-            &c.id[..c.id.len().min(12)],
-            c.engine,
-            c.pid,
-            c.cgroup.rel
-        );
-        return Ok(c.cgroup);
-    }
-    let runtime = target::engine::find_runtime_cgroups(spec, mount);
-    match runtime.as_slice() {
-        [one] => {
-            info!("{spec}: container cgroup {}", one.display());
-            target::cgroup::resolve_cgroup(&one.to_string_lossy(), mount).map_err(input)
-        }
-        [] => target::cgroup::resolve_cgroup(spec, mount).map_err(input),
-        many => Err(Failure::Input(format!(
-            "{spec} matches {} container cgroups: {}",
-            many.len(),
-            many.iter().take(10).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-/// Every probe is a file descriptor (a perf event), kept until the end: raise the soft limit to
-/// the hard one.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// `./memprof-<target>-<UTC time>/`.
-fn default_output(label: &str) -> PathBuf {
-    let name: String = label
-        .rsplit('/')
-        .find(|s| !s.is_empty())
-        .unwrap_or("target")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
-        .collect();
-    let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
-    PathBuf::from(format!("memprof-{name}-{time}"))
-}
-
-fn check_writable(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create output folder {}: {e}", dir.display()))?;
-    let probe = dir.join(".memprof-write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| format!("output folder {} is not writable: {e}", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
-}
-
 /// A process of the target, as we follow it.
-struct Tracked {
-    comm: String,
-    alive: bool,
-    freed_at_exit: Option<u64>,
+pub(super) struct Tracked {
+    pub(super) comm: String,
+    pub(super) alive: bool,
+    pub(super) freed_at_exit: Option<u64>,
 }
 
 /// The state of a run between start and end.
-struct Session {
-    config: Config,
-    probes: Probes,
-    collector: Collector,
-    symbolizer: Symbolizer,
-    processes: BTreeMap<u32, Tracked>,
-    frames: HashMap<StackRef, Vec<Frame>>,
-    snapshots: Vec<SnapshotInfo>,
-    memory: MemorySource,
-    oom_kills: Vec<OomKill>,
-    history: History,
+pub(super) struct Session {
+    pub(super) config: Config,
+    pub(super) probes: Probes,
+    pub(super) collector: Collector,
+    pub(super) symbolizer: Symbolizer,
+    pub(super) processes: BTreeMap<u32, Tracked>,
+    pub(super) frames: HashMap<StackRef, Vec<Frame>>,
+    pub(super) snapshots: Vec<SnapshotInfo>,
+    pub(super) memory: MemorySource,
+    pub(super) oom_kills: Vec<OomKill>,
+    pub(super) history: History,
     /// Folded lines of the first snapshot (the base of growth.svg).
-    first_folded: Option<Vec<String>>,
+    pub(super) first_folded: Option<Vec<String>>,
     /// Leaf-most frame of the largest stack at the last snapshot (for the progress line).
-    top_frame: Option<String>,
+    pub(super) top_frame: Option<String>,
     /// Whether stderr is a terminal (then a live progress line is kept up to date).
-    progress: bool,
-    started: Instant,
-    started_at: SystemTime,
+    pub(super) progress: bool,
+    pub(super) started: Instant,
+    pub(super) started_at: SystemTime,
     /// When the run ended (for the final timing).
-    ended: Option<Instant>,
+    pub(super) ended: Option<Instant>,
 }
 
-async fn profile(config: Config) -> Result<(), Failure> {
+pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     let _tracefs = tracefs::ensure_mounted().context("failed to mount tracefs")?;
     let mut probes = Probes::load(config.scope, config.sizes).context("failed to load the BPF programs")?;
     probes.set_probe_placement(config.probe_placement);
@@ -377,7 +186,7 @@ impl Session {
         self.processes.get(&pid).is_some_and(|p| p.alive)
     }
 
-    fn drain_events(&mut self) {
+    pub(super) fn drain_events(&mut self) {
         for notice in self.collector.drain_events() {
             match notice {
                 Notice::Mapped(pid) if !self.is_tracked(pid) => self.adopt(pid),
@@ -489,7 +298,7 @@ impl Session {
     }
 
     /// (cgroup usage, cgroup limit, RSS) now.
-    fn memory_now(&mut self) -> (Option<u64>, Option<u64>, Option<u64>) {
+    pub(super) fn memory_now(&mut self) -> (Option<u64>, Option<u64>, Option<u64>) {
         if self.memory == MemorySource::None {
             self.memory = self.memory_source();
         }
@@ -531,7 +340,7 @@ impl Session {
         });
     }
 
-    fn snapshot(&mut self) -> Snapshot {
+    pub(super) fn snapshot(&mut self) -> Snapshot {
         match self.collector.snapshot(&self.probes.bpf) {
             Ok(s) => s,
             Err(err) => {
@@ -542,7 +351,7 @@ impl Session {
     }
 
     /// Symbolizes and merges a snapshot's live stacks (by frames, over processes).
-    fn stacks(&mut self, snap: &Snapshot) -> Vec<StackReport> {
+    pub(super) fn stacks(&mut self, snap: &Snapshot) -> Vec<StackReport> {
         let mut merged: HashMap<Vec<String>, StackReport> = HashMap::new();
         for (r, sample) in snap {
             if sample.live_bytes == 0 && sample.live_count == 0 {
@@ -605,7 +414,7 @@ impl Session {
     }
 
     /// Class, growth rate and series of each stack, from the history.
-    fn classify(&self, stacks: &mut [StackReport]) {
+    pub(super) fn classify(&self, stacks: &mut [StackReport]) {
         let totals: HashMap<Vec<String>, u64> =
             stacks.iter().map(|s| (s.frames.clone(), s.total_allocations)).collect();
         let verdicts = analyze::classify_all(&self.history, &totals);
@@ -622,7 +431,7 @@ impl Session {
         }
     }
 
-    fn title(&self) -> String {
+    pub(super) fn title(&self) -> String {
         title(&self.config)
     }
 
@@ -677,139 +486,4 @@ impl Session {
         Ok(())
     }
 
-    fn finish(mut self, end_reason: &str) -> Result<(), Failure> {
-        self.ended = Some(Instant::now());
-        if self.progress {
-            eprintln!();
-        }
-        self.drain_events();
-        let snap = self.snapshot();
-        let stacks = self.stacks(&snap);
-        let counters = self.collector.counters(&self.probes.bpf);
-        let mut lost = BTreeMap::new();
-        let mut stats = BTreeMap::new();
-        for (c, v) in &counters {
-            if c.is_loss() {
-                lost.insert(c.name().to_string(), *v);
-            } else {
-                stats.insert(c.name().to_string(), *v);
-            }
-        }
-        for c in Counter::ALL {
-            let m = if c.is_loss() { &mut lost } else { &mut stats };
-            m.entry(c.name().to_string()).or_insert(0);
-        }
-        lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
-        lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
-        let (usage, limit, rss) = self.memory_now();
-        let tracked_bytes = stacks.iter().map(|s| s.bytes).sum();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        self.history.record(
-            elapsed,
-            stacks.iter().map(|s| (s.frames.as_slice(), s.bytes, s.allocations)),
-            tracked_bytes,
-            usage,
-        );
-        let mut stacks = stacks;
-        self.classify(&mut stacks);
-        let oom_eta_s = analyze::oom_eta_s(self.history.cgroup(), limit);
-        stats.insert("mapping_events".into(), self.collector.mapping_events);
-        let report = Report {
-            target: self.config.label.clone(),
-            cgroup: self.config.cgroup.as_ref().map(|c| c.rel.clone()),
-            started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
-            duration_s: elapsed,
-            end_reason: end_reason.to_string(),
-            sample_bytes: (self.config.sizes.sample_bytes > 0).then_some(self.config.sizes.sample_bytes),
-            mode: if self.config.sizes.rss { "rss" } else { "allocations" }.to_string(),
-            live_bytes: stacks.iter().map(|s| s.bytes).sum(),
-            live_allocations: stacks.iter().map(|s| s.allocations).sum(),
-            stacks,
-            lost,
-            stats,
-            processes: self
-                .processes
-                .iter()
-                .map(|(pid, p)| ProcessInfo {
-                    pid: *pid,
-                    comm: p.comm.clone(),
-                    alive: p.alive,
-                    freed_at_exit_bytes: p.freed_at_exit,
-                })
-                .collect(),
-            probes: self.probes.placed.clone(),
-            snapshots: self.snapshots.clone(),
-            memory: MemoryInfo {
-                tracked_bytes,
-                rss_bytes: rss,
-                cgroup_usage_bytes: usage,
-                cgroup_limit_bytes: limit,
-                source: self.memory.describe(),
-            },
-            oom_eta_s,
-            oom_kills: self.oom_kills.clone(),
-        };
-        // Detach while the artifacts are written: closing each uprobe link takes the kernel
-        // 0.1-0.5 s, and the artifacts should not wait for it.
-        let probes = self.probes;
-        let detach = std::thread::spawn(move || drop(probes));
-        let title = title(&self.config);
-        let first_folded = self.first_folded.clone().unwrap_or_default();
-        let history = output::RunHistory { first_folded: &first_folded, snapshots_dir: &self.config.output };
-        let written = write_with_fallback(&self.config.output, &report, &title, &history);
-        info!("final snapshot and artifacts written {:.2} s after the end", self.ended.map_or(0.0, |t| t.elapsed().as_secs_f64()));
-        println!("{}", output::render_summary(&report, self.config.top));
-        let _ = detach.join();
-        match written {
-            Ok(dir) => {
-                println!("memprof: flamegraph: {}", dir.join(output::SVG_FILE).display());
-                println!("memprof: report: {}", dir.join(output::HTML_FILE).display());
-                Ok(())
-            }
-            Err(err) => Err(Failure::Runtime(err)),
-        }
-    }
-}
-
-fn title(config: &Config) -> String {
-    if config.sizes.rss {
-        format!("memprof: resident pages of {} by the stack that touched them first", config.label)
-    } else {
-        format!("memprof: outstanding allocations of {}", config.label)
-    }
-}
-
-fn class_name(c: Class) -> &'static str {
-    match c {
-        Class::Leak => "leak",
-        Class::Cache => "cache",
-        Class::Churn => "churn",
-        Class::Unknown => "unknown",
-    }
-}
-
-/// Writes the artifacts; if the folder has become unwritable, writes them to a temporary folder
-/// instead (nothing collected is lost) and reports the failure.
-fn write_with_fallback(
-    dir: &Path,
-    report: &Report,
-    title: &str,
-    history: &output::RunHistory<'_>,
-) -> anyhow::Result<PathBuf> {
-    match output::write_final(dir, report, title, history) {
-        Ok(_) => Ok(dir.to_path_buf()),
-        Err(err) => {
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "memprof".into());
-            let fallback = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-            let _ = std::fs::create_dir_all(&fallback);
-            match output::write_final(&fallback, report, title, history) {
-                Ok(_) => Err(anyhow::anyhow!(
-                    "failed to write to {} ({err}); the artifacts are in {}",
-                    dir.display(),
-                    fallback.display()
-                )),
-                Err(err2) => Err(anyhow::anyhow!("failed to write the artifacts: {err}; fallback: {err2}")),
-            }
-        }
-    }
 }

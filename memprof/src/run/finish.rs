@@ -1,0 +1,147 @@
+//! The end of a run: the final snapshot, classification, the report and its artifacts.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use log::info;
+use memprof_common::Counter;
+
+use super::{Failure, session::Session, title};
+use crate::{
+    analyze::{self, Class},
+    output,
+    report::{MemoryInfo, ProcessInfo, Report},
+};
+
+impl Session {
+    pub(super) fn finish(mut self, end_reason: &str) -> Result<(), Failure> {
+        self.ended = Some(Instant::now());
+        if self.progress {
+            eprintln!();
+        }
+        self.drain_events();
+        let snap = self.snapshot();
+        let stacks = self.stacks(&snap);
+        let counters = self.collector.counters(&self.probes.bpf);
+        let mut lost = BTreeMap::new();
+        let mut stats = BTreeMap::new();
+        for (c, v) in &counters {
+            if c.is_loss() {
+                lost.insert(c.name().to_string(), *v);
+            } else {
+                stats.insert(c.name().to_string(), *v);
+            }
+        }
+        for c in Counter::ALL {
+            let m = if c.is_loss() { &mut lost } else { &mut stats };
+            m.entry(c.name().to_string()).or_insert(0);
+        }
+        lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
+        lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
+        let (usage, limit, rss) = self.memory_now();
+        let tracked_bytes = stacks.iter().map(|s| s.bytes).sum();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.history.record(
+            elapsed,
+            stacks.iter().map(|s| (s.frames.as_slice(), s.bytes, s.allocations)),
+            tracked_bytes,
+            usage,
+        );
+        let mut stacks = stacks;
+        self.classify(&mut stacks);
+        let oom_eta_s = analyze::oom_eta_s(self.history.cgroup(), limit);
+        stats.insert("mapping_events".into(), self.collector.mapping_events);
+        let report = Report {
+            target: self.config.label.clone(),
+            cgroup: self.config.cgroup.as_ref().map(|c| c.rel.clone()),
+            started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            duration_s: elapsed,
+            end_reason: end_reason.to_string(),
+            sample_bytes: (self.config.sizes.sample_bytes > 0).then_some(self.config.sizes.sample_bytes),
+            mode: if self.config.sizes.rss { "rss" } else { "allocations" }.to_string(),
+            live_bytes: stacks.iter().map(|s| s.bytes).sum(),
+            live_allocations: stacks.iter().map(|s| s.allocations).sum(),
+            stacks,
+            lost,
+            stats,
+            processes: self
+                .processes
+                .iter()
+                .map(|(pid, p)| ProcessInfo {
+                    pid: *pid,
+                    comm: p.comm.clone(),
+                    alive: p.alive,
+                    freed_at_exit_bytes: p.freed_at_exit,
+                })
+                .collect(),
+            probes: self.probes.placed.clone(),
+            snapshots: self.snapshots.clone(),
+            memory: MemoryInfo {
+                tracked_bytes,
+                rss_bytes: rss,
+                cgroup_usage_bytes: usage,
+                cgroup_limit_bytes: limit,
+                source: self.memory.describe(),
+            },
+            oom_eta_s,
+            oom_kills: self.oom_kills.clone(),
+        };
+        // Detach while the artifacts are written: closing each uprobe link takes the kernel
+        // 0.1-0.5 s, and the artifacts should not wait for it.
+        let probes = self.probes;
+        let detach = std::thread::spawn(move || drop(probes));
+        let title = title(&self.config);
+        let first_folded = self.first_folded.clone().unwrap_or_default();
+        let history = output::RunHistory { first_folded: &first_folded, snapshots_dir: &self.config.output };
+        let written = write_with_fallback(&self.config.output, &report, &title, &history);
+        info!("final snapshot and artifacts written {:.2} s after the end", self.ended.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        println!("{}", output::render_summary(&report, self.config.top));
+        let _ = detach.join();
+        match written {
+            Ok(dir) => {
+                println!("memprof: flamegraph: {}", dir.join(output::SVG_FILE).display());
+                println!("memprof: report: {}", dir.join(output::HTML_FILE).display());
+                Ok(())
+            }
+            Err(err) => Err(Failure::Runtime(err)),
+        }
+    }
+}
+
+pub(super) fn class_name(c: Class) -> &'static str {
+    match c {
+        Class::Leak => "leak",
+        Class::Cache => "cache",
+        Class::Churn => "churn",
+        Class::Unknown => "unknown",
+    }
+}
+
+/// Writes the artifacts; if the folder has become unwritable, writes them to a temporary folder
+/// instead (nothing collected is lost) and reports the failure.
+fn write_with_fallback(
+    dir: &Path,
+    report: &Report,
+    title: &str,
+    history: &output::RunHistory<'_>,
+) -> anyhow::Result<PathBuf> {
+    match output::write_final(dir, report, title, history) {
+        Ok(_) => Ok(dir.to_path_buf()),
+        Err(err) => {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "memprof".into());
+            let fallback = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&fallback);
+            match output::write_final(&fallback, report, title, history) {
+                Ok(_) => Err(anyhow::anyhow!(
+                    "failed to write to {} ({err}); the artifacts are in {}",
+                    dir.display(),
+                    fallback.display()
+                )),
+                Err(err2) => Err(anyhow::anyhow!("failed to write the artifacts: {err}; fallback: {err2}")),
+            }
+        }
+    }
+}
