@@ -156,3 +156,21 @@ fn late_process_is_adopted() {
     let summary = read_summary(&dir);
     assert_accurate("leaky.c started after memprof attached", &truth, &summary);
 }
+
+/// An allocator library loaded with dlopen() after memprof attached gets probes within a second
+/// (the executable mapping of new code makes memprof rescan the process).
+#[test]
+fn dlopened_allocator_is_probed() {
+    require_root();
+    let cg = TestCgroup::new();
+    let mut fx = Fixture::start("dlopener", &[], Some(&cg));
+    let p = profile_fixture(&mut fx, &["--cgroup".into(), cg.name()], "lifecycle-dlopen");
+    assert_accurate("dlopener.c (mimalloc loaded at run time)", &p.truth, &p.summary);
+    let probes = p.summary["probes"].as_array().expect("probes");
+    assert!(
+        probes.iter().any(|pr| pr["object"].as_str().is_some_and(|o| o.contains("libmimalloc"))
+            && pr["function"] == "malloc"
+            && pr["attached"] == true),
+        "no probe on the dlopened mimalloc: {probes:?}"
+    );
+}
