@@ -160,17 +160,16 @@ impl Session {
         }
     }
 
+    /// Everything lost so far, summed over the loss counters.
+    fn lost_events(&self) -> u64 {
+        self.collector.counters(&self.probes.bpf).iter().filter(|(c, _)| c.is_loss()).map(|(_, v)| v).sum()
+    }
+
     /// The live progress line: elapsed, live bytes, top stack, lost events.
     fn show_progress(&mut self) {
         let snap = self.snapshot();
         let live: u64 = snap.values().map(|s| s.live_bytes).sum();
-        let lost: u64 = self
-            .collector
-            .counters(&self.probes.bpf)
-            .iter()
-            .filter(|(c, _)| c.is_loss())
-            .map(|(_, v)| v)
-            .sum();
+        let lost = self.lost_events();
         let top = self.top_frame.as_deref().unwrap_or("-");
         let mut line = format!(
             "memprof [{}] live {} | top: {} | lost: {lost}",
@@ -283,7 +282,7 @@ impl Session {
     }
 
     fn memory_source(&self) -> MemorySource {
-        let pids: Vec<u32> = self.processes.iter().filter(|(_, p)| p.alive).map(|(pid, _)| *pid).collect();
+        let pids = self.alive_pids();
         match (&self.config.cgroup, self.config.pid) {
             (Some(cg), _) => MemorySource::for_cgroup(cg, &pids),
             (None, Some(pid)) => {
@@ -460,13 +459,7 @@ impl Session {
         if self.first_folded.is_none() {
             self.first_folded = Some(output::folded_lines(&stacks));
         }
-        let lost: u64 = self
-            .collector
-            .counters(&self.probes.bpf)
-            .iter()
-            .filter(|(c, _)| c.is_loss())
-            .map(|(_, v)| v)
-            .sum();
+        let lost = self.lost_events();
         if self.progress {
             eprint!("\r\x1b[2K");
         }
