@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod sampling;
+pub mod unwind;
 
 /// Deepest user stack recorded (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -248,12 +249,19 @@ pub enum Counter {
     /// `bpf_get_stackid` hash collisions, recovered by recording the stack without its first
     /// frame (kept beside it); `stack_id_failed` counts the ones that could not be recovered.
     StackCollisions = 17,
+    /// `--unwind dwarf`: a stack taken in a process whose unwind tables were not loaded yet
+    /// (walked with frame pointers only).
+    UnwindNoTables = 18,
+    /// `--unwind dwarf`: stacks unwound (one per recorded allocation, mapping or page).
+    StacksUnwound = 19,
+    /// `--unwind dwarf`: stacks the unwinder could not follow to the outermost frame.
+    StacksTruncated = 20,
 }
 
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 24;
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 21] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -272,6 +280,9 @@ impl Counter {
         Counter::TailCalls,
         Counter::Unsampled,
         Counter::StackCollisions,
+        Counter::UnwindNoTables,
+        Counter::StacksUnwound,
+        Counter::StacksTruncated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -294,6 +305,9 @@ impl Counter {
             Counter::TailCalls => "tail_calls",
             Counter::Unsampled => "unsampled",
             Counter::StackCollisions => "stack_collisions",
+            Counter::UnwindNoTables => "unwind_no_tables",
+            Counter::StacksUnwound => "stacks_unwound",
+            Counter::StacksTruncated => "stacks_truncated",
         }
     }
 
@@ -325,6 +339,11 @@ pub const MODE_RSS: u32 = 1;
 /// `--mode rss`: ranges released in the kernel page by page up to this many pages; larger
 /// ones go to userspace.
 pub const RSS_RELEASE_PAGES_MAX: u64 = 512;
+
+/// Stack walkers (read-only global `UNWINDER`): the kernel's frame-pointer walk
+/// (`bpf_get_stackid`), or memprof's CFI walk over tables from `.eh_frame`.
+pub const UNWIND_FP: u32 = 0;
+pub const UNWIND_DWARF: u32 = 1;
 
 /// Scope filter modes (read-only global `FILTER_MODE`).
 pub const FILTER_CGROUP: u32 = 1;

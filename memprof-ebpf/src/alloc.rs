@@ -22,7 +22,8 @@ use memprof_common::{
 use crate::{
     free::free_block,
     maps::{ALLOCS, INFLIGHT, SAMPLE_COUNTDOWN, STACK_TOTALS, STACKS, atomic_add, count},
-    scope::{current, in_scope, sample_bytes},
+    scope::{current, dwarf_unwind, in_scope, sample_bytes},
+    unwind::{Regs, unwind},
 };
 
 /// Stack id recorded when `bpf_get_stackid` fails.
@@ -249,7 +250,20 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
         count(Counter::FailedAllocs);
         return Ok(());
     }
-    let (stack_id, leaf_ret) = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+    let (stack_id, leaf_ret) = if dwarf_unwind() {
+        let regs = Regs::from_pt_regs(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs);
+        (unwind(tgid, regs, false), 0)
+    } else {
+        fp_stack(&ctx)
+    };
+    record(tgid, addr, call.size, call.ts_ns, stack_id, leaf_ret, kind);
+    Ok(())
+}
+
+/// The frame-pointer walk (`--unwind fp`), with hash-collision recovery.
+#[inline(always)]
+fn fp_stack(ctx: &RetProbeContext) -> (u32, u64) {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => (id as u32, 0),
         Err(e) if e == -EEXIST => {
             // Another stack owns this bucket. The same stack without its first frame hashes
@@ -269,9 +283,7 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
             count(Counter::StackIdFailed);
             (NO_STACK, 0)
         }
-    };
-    record(tgid, addr, call.size, call.ts_ns, stack_id, leaf_ret, kind);
-    Ok(())
+    }
 }
 
 /// Adds one live block to the allocation map and its stack's totals.

@@ -14,6 +14,7 @@ mod mmap;
 mod process;
 mod rss;
 mod scope;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

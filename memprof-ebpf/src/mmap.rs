@@ -17,8 +17,10 @@ use aya_ebpf::{
 use memprof_common::{Counter, MemEvent, MemEventKind, SyscallArgs};
 
 use crate::{
+    alloc::NO_STACK,
+    unwind::{Regs, unwind},
     maps::{EVENTS, INFLIGHT, STACKS, SYSCALL_ARGS, count},
-    scope::{current, in_scope, rss_mode},
+    scope::{current, dwarf_unwind, in_scope, rss_mode},
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -135,23 +137,33 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     if (ret as i64) < 0 && (ret as i64) > -4096 {
         return 0;
     }
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id,
-        Err(_) => {
-            count(Counter::StackIdFailed);
-            -1
-        }
+    let tgid = (current() >> 32) as u32;
+    let (stack_id, leaf_ret) = if dwarf_unwind() {
+        let id = match Regs::current_user() {
+            Some(regs) => unwind(tgid, regs, false),
+            None => NO_STACK,
+        };
+        (if id == NO_STACK { -1 } else { id as i64 }, 0)
+    } else {
+        let id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id,
+            Err(_) => {
+                count(Counter::StackIdFailed);
+                -1
+            }
+        };
+        (id, leaf_return_address())
     };
     emit(MemEvent {
         kind: MemEventKind::Mmap as u32,
-        tgid: (current() >> 32) as u32,
+        tgid,
         addr: ret,
         len: page_round(args.len),
         new_addr: 0,
         new_len: 0,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
-        leaf_ret: leaf_return_address(),
+        leaf_ret,
     });
     0
 }

@@ -13,11 +13,12 @@ use aya_ebpf::{
 use memprof_common::{AllocKey, AllocKind, Counter, MemEvent, MemEventKind, RSS_RELEASE_PAGES_MAX};
 
 use crate::{
+    unwind::{Regs, unwind},
     alloc::{NO_STACK, record},
     free::retire,
     maps::{ALLOCS, STACKS, count},
     mmap::{emit, event, leaf_return_address},
-    scope::{current, in_scope, rss_mode},
+    scope::{current, dwarf_unwind, in_scope, rss_mode},
 };
 
 const PAGE: u64 = 4096;
@@ -48,14 +49,23 @@ fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
     if unsafe { ALLOCS.get(&AllocKey { tgid, _pad: 0, addr: page }) }.is_some() {
         return Ok(());
     }
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(_) => {
-            count(Counter::StackIdFailed);
-            NO_STACK
-        }
+    let (stack_id, leaf_ret) = if dwarf_unwind() {
+        // The faulting instruction itself starts the stack.
+        let id = match Regs::current_user() {
+            Some(regs) => unwind(tgid, regs, true),
+            None => NO_STACK,
+        };
+        (id, 0)
+    } else {
+        let id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as u32,
+            Err(_) => {
+                count(Counter::StackIdFailed);
+                NO_STACK
+            }
+        };
+        (id, leaf_return_address())
     };
-    let leaf_ret = leaf_return_address();
     record(tgid, page, PAGE, unsafe { bpf_ktime_get_ns() }, stack_id, leaf_ret, AllocKind::Page);
     Ok(())
 }

@@ -21,6 +21,15 @@ pub fn rss_mode() -> bool {
     global(&MODE) == memprof_common::MODE_RSS
 }
 
+/// `UNWIND_FP` (`bpf_get_stackid`) or `UNWIND_DWARF` (the CFI walk in `unwind.rs`).
+#[unsafe(no_mangle)]
+static UNWINDER: u32 = 0;
+
+#[inline(always)]
+pub fn dwarf_unwind() -> bool {
+    global(&UNWINDER) == memprof_common::UNWIND_DWARF
+}
+
 /// Mean bytes between samples; 0: record every allocation.
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: u64 = 0;

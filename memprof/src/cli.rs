@@ -61,6 +61,18 @@ pub struct Opt {
     #[arg(long)]
     pub no_probe_placement: bool,
 
+    /// How user stacks are walked: `dwarf` (default: the binaries' `.eh_frame` CFI, so code
+    /// built without frame pointers gets whole stacks; frame pointers where there is no CFI,
+    /// e.g. JIT code) or `fp` (the kernel's frame-pointer walk: cheaper, but stacks through
+    /// code without frame pointers are cut short or wrong).
+    #[arg(long, value_enum, default_value_t = Unwind::Dwarf)]
+    pub unwind: Unwind,
+
+    /// Most CFI rows loaded into the kernel for `--unwind dwarf` (16 bytes each; an object that
+    /// does not fit is walked with frame pointers, and the report says so).
+    #[arg(long, default_value_t = 1 << 21, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub unwind_rows: u32,
+
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -93,6 +105,15 @@ pub enum Mode {
     Allocations,
     /// Resident pages, from page faults.
     Rss,
+}
+
+/// `--unwind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// CFI tables from `.eh_frame`, walked in the kernel.
+    Dwarf,
+    /// Frame pointers only (`bpf_get_stackid`).
+    Fp,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -13,3 +13,4 @@ pub mod run;
 pub mod symbolize;
 pub mod target;
 pub mod tracefs;
+pub mod unwind;

@@ -62,6 +62,13 @@ pub struct StackReport {
     pub confidence: f64,
     /// Live bytes over time: `[seconds since start, bytes]` (bounded, older points downsampled).
     pub series: Vec<[f64; 2]>,
+    /// The stack walk stopped before the outermost frame (`--unwind dwarf`; always false with
+    /// `--unwind fp`, whose walks cannot tell).
+    pub truncated: bool,
+    /// How the walk ended: `whole`, `depth` (the depth limit), `read` (user memory not
+    /// readable), `no_info` (code without CFI and without a frame pointer), `unsupported` (a CFI
+    /// rule the kernel side cannot follow), `none` (no stack recorded), `fp` (`--unwind fp`).
+    pub unwind: String,
 }
 
 /// Per-snapshot totals.
@@ -168,4 +175,40 @@ pub struct Report {
     /// limit or without growth.
     pub oom_eta_s: Option<f64>,
     pub oom_kills: Vec<OomKill>,
+    /// How whole the stacks are.
+    pub stack_quality: StackQuality,
+    /// How each object that appears in a stack was symbolized.
+    pub modules: Vec<crate::symbolize::ModuleSymbols>,
+}
+
+/// Stack completeness over the run's live stacks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StackQuality {
+    /// `dwarf` (CFI walk) or `fp` (frame pointers).
+    pub unwinder: String,
+    /// Live stacks in the report.
+    pub stacks: usize,
+    /// Of those, stacks whose walk stopped before the outermost frame.
+    pub truncated_stacks: usize,
+    /// Share of the live bytes whose stack is whole (0..1); None with `--unwind fp`, whose
+    /// walks cannot tell.
+    pub whole_bytes_share: Option<f64>,
+    /// The CFI tables loaded (`--unwind dwarf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables: Option<crate::unwind::loader::UnwindStats>,
+}
+
+impl StackQuality {
+    /// Quality figures over `stacks`.
+    pub fn of(stacks: &[StackReport], dwarf: bool) -> StackQuality {
+        let live: u64 = stacks.iter().map(|s| s.bytes).sum();
+        let whole: u64 = stacks.iter().filter(|s| !s.truncated).map(|s| s.bytes).sum();
+        StackQuality {
+            unwinder: if dwarf { "dwarf" } else { "fp" }.to_string(),
+            stacks: stacks.len(),
+            truncated_stacks: stacks.iter().filter(|s| s.truncated).count(),
+            whole_bytes_share: dwarf.then(|| if live == 0 { 1.0 } else { whole as f64 / live as f64 }),
+            tables: None,
+        }
+    }
 }

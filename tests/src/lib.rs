@@ -3,12 +3,17 @@
 //!
 //! - [`require_root`]: every test calls it first; not being root is a failure, never a skip.
 //! - [`fixture`]: the C programs of `tests/fixtures/`, compiled once per test binary into
-//!   `target/fixtures/` with `gcc -O1 -g -fno-omit-frame-pointer -fno-inline -pthread`.
+//!   `target/fixtures/` with `gcc -O1 -g -fno-omit-frame-pointer -fno-inline -pthread`, and the
+//!   C++ ones (`*.cpp`) with `g++ -O2 -g -fomit-frame-pointer -pthread`; [`fixture_variant`]
+//!   builds one with other flags (`target/fixtures/<name>-<variant>`), [`stripped_fixture`] a
+//!   copy without symbols (`<name>-stripped`).
 //! - [`TestCgroup`]: a cgroup v2 directory that is removed again on drop.
 //! - [`Fixture`]: a running fixture (optionally started inside a cgroup), killed by its PID on
 //!   drop. The fixture protocol: it prints `ready <pid>`, waits for SIGUSR1 ([`Fixture::go`]),
 //!   leaks, prints its ground truth as one JSON line ([`Fixture::wait_truth`]) and sleeps until
-//!   killed (or exits, when started with `--exit`).
+//!   killed (or exits, when started with `--exit`). [`Fixture::start_path`] and
+//!   [`Fixture::start_command`] start any binary or command that speaks it,
+//!   [`Fixture::start_node`] a Node.js script of `tests/fixtures/` (see [`node_bin`]).
 //! - [`Memprof`]: a running memprof, killed on drop; its stderr and stdout are collected by
 //!   threads so that it never blocks on a full pipe.
 //! - [`site_bytes`] and friends: reading `summary.json`.
@@ -172,7 +177,7 @@ pub fn output_dir(label: &str) -> PathBuf {
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// The flags every fixture is compiled with.
+/// The flags every C fixture is compiled with.
 pub const FIXTURE_CFLAGS: &[&str] = &[
     "-O1",
     "-g",
@@ -181,6 +186,15 @@ pub const FIXTURE_CFLAGS: &[&str] = &[
     "-pthread",
     "-Wall",
 ];
+
+/// The flags every C++ fixture (`tests/fixtures/*.cpp`) is compiled with: optimized code without
+/// frame pointers, as C++ is usually shipped, with debug info (inline records included).
+pub const FIXTURE_CXXFLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-pthread", "-Wall"];
+
+/// The folder of the fixtures' sources, `tests/fixtures/`.
+pub fn fixtures_src_dir() -> PathBuf {
+    workspace_root().join("tests/fixtures")
+}
 
 /// Compiles every `tests/fixtures/*.c` into `target/fixtures/` (once per test binary) and
 /// returns the folder.
@@ -192,10 +206,15 @@ pub fn fixtures_dir() -> &'static Path {
     }
 }
 
-fn build_fixtures() -> Result<PathBuf> {
-    let src_dir = workspace_root().join("tests/fixtures");
+fn fixtures_out_dir() -> Result<PathBuf> {
     let out_dir = target_dir().join("fixtures");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    Ok(out_dir)
+}
+
+fn build_fixtures() -> Result<PathBuf> {
+    let src_dir = fixtures_src_dir();
+    let out_dir = fixtures_out_dir()?;
     let mut sources: Vec<PathBuf> = fs::read_dir(&src_dir)
         .with_context(|| format!("reading {}", src_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -203,40 +222,301 @@ fn build_fixtures() -> Result<PathBuf> {
         .collect();
     sources.sort();
     ensure!(!sources.is_empty(), "no fixtures in {}", src_dir.display());
+    let flags: Vec<String> = FIXTURE_CFLAGS.iter().map(|f| f.to_string()).collect();
     for src in sources {
         let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-        let out = out_dir.join(&stem);
-        let tmp = out_dir.join(format!(".{stem}.{}.tmp", std::process::id()));
-        let output = Command::new("gcc")
-            .args(FIXTURE_CFLAGS)
-            .arg(&src)
-            .arg("-o")
-            .arg(&tmp)
-            .output()
-            .context("running gcc (install it, e.g. with `cargo xtask setup`)")?;
-        if !output.status.success() {
-            let _ = fs::remove_file(&tmp);
-            bail!(
-                "gcc {} failed ({}):\n{}",
-                src.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+        compile(Lang::C, &flags, &src, &out_dir.join(&stem))?;
     }
     Ok(out_dir)
 }
 
-/// The compiled fixture `name` (the stem of `tests/fixtures/<name>.c`).
+/// The language of a fixture source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lang {
+    C,
+    Cxx,
+}
+
+impl Lang {
+    fn compiler(self) -> &'static str {
+        match self {
+            Lang::C => "gcc",
+            Lang::Cxx => "g++",
+        }
+    }
+
+    fn base_flags(self) -> &'static [&'static str] {
+        match self {
+            Lang::C => FIXTURE_CFLAGS,
+            Lang::Cxx => FIXTURE_CXXFLAGS,
+        }
+    }
+}
+
+/// `tests/fixtures/<name>.c` or `tests/fixtures/<name>.cpp`.
+fn fixture_source(name: &str) -> (PathBuf, Lang) {
+    let dir = fixtures_src_dir();
+    let c = dir.join(format!("{name}.c"));
+    let cpp = dir.join(format!("{name}.cpp"));
+    match (c.is_file(), cpp.is_file()) {
+        (true, false) => (c, Lang::C),
+        (false, true) => (cpp, Lang::Cxx),
+        (true, true) => panic!(
+            "fixture {name}: both {} and {} exist",
+            c.display(),
+            cpp.display()
+        ),
+        (false, false) => panic!(
+            "no fixture {name}: neither {} nor {} exists",
+            c.display(),
+            cpp.display()
+        ),
+    }
+}
+
+/// Runs `compiler flags src -o out` (through a temporary file renamed into place, so that a
+/// concurrent reader never sees half a binary).
+fn compile(lang: Lang, flags: &[String], src: &Path, out: &Path) -> Result<()> {
+    let cc = lang.compiler();
+    let tmp = tmp_sibling(out);
+    let output = Command::new(cc)
+        .args(flags)
+        .arg(src)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .with_context(|| format!("running {cc} (install it, e.g. with `cargo xtask setup`)"))?;
+    if !output.status.success() {
+        let _ = fs::remove_file(&tmp);
+        bail!(
+            "{cc} {} {} failed ({}):\n{}",
+            flags.join(" "),
+            src.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(())
+}
+
+/// `<dir>/.<file name>.<pid>.tmp`, next to `out`.
+fn tmp_sibling(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy();
+    out.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// The "family" of a compiler flag: two flags of one family contradict each other (`-O1` and
+/// `-O2`; `-fomit-frame-pointer` and `-fno-omit-frame-pointer`; `-g` and `-g0`;
+/// `-fvisibility=a` and `-fvisibility=b`). Flags without one (`-pthread`, `-Wall`, `-DX`) add up.
+fn flag_family(flag: &str) -> Option<String> {
+    if flag.starts_with("-O") {
+        return Some("-O".into());
+    }
+    if flag == "-g"
+        || (flag.len() == 3 && flag.starts_with("-g") && flag.as_bytes()[2].is_ascii_digit())
+    {
+        return Some("-g".into());
+    }
+    if flag.starts_with("-std=") {
+        return Some("-std=".into());
+    }
+    for prefix in ["-f", "-m"] {
+        if let Some(rest) = flag.strip_prefix(prefix) {
+            if rest.is_empty() {
+                return None;
+            }
+            let rest = rest.strip_prefix("no-").unwrap_or(rest);
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            return Some(format!("{prefix}{name}"));
+        }
+    }
+    None
+}
+
+/// `base` without the flags that `extra` contradicts (see [`flag_family`]), then `extra`:
+/// `merge_flags(FIXTURE_CFLAGS, &["-O2", "-fomit-frame-pointer"])` is
+/// `-g -fno-inline -pthread -Wall -O2 -fomit-frame-pointer`.
+pub fn merge_flags(base: &[&str], extra: &[&str]) -> Vec<String> {
+    let overridden: Vec<String> = extra.iter().filter_map(|f| flag_family(f)).collect();
+    base.iter()
+        .filter(|f| flag_family(f).is_none_or(|fam| !overridden.contains(&fam)))
+        .chain(extra.iter())
+        .map(|f| f.to_string())
+        .collect()
+}
+
+/// One build of [`fixture_variant`] or [`stripped_fixture`]: how it was made, and the result.
+type BuildRecord = (String, std::result::Result<PathBuf, String>);
+
+/// The builds made by this test binary, by output file name: each is made once.
+fn cached_build(out_name: &str, recipe: &str, build: impl FnOnce() -> Result<PathBuf>) -> PathBuf {
+    static BUILDS: OnceLock<Mutex<BTreeMap<String, BuildRecord>>> = OnceLock::new();
+    let mut builds = BUILDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (made_by, result) = builds
+        .entry(out_name.to_string())
+        .or_insert_with(|| (recipe.to_string(), build().map_err(|e| format!("{e:#}"))));
+    assert_eq!(
+        made_by, recipe,
+        "fixture build {out_name} was requested twice with different recipes"
+    );
+    match result {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building fixture {out_name} failed: {e}"),
+    }
+}
+
+/// The compiled fixture `name`: `tests/fixtures/<name>.c` (all C fixtures are compiled together,
+/// with [`FIXTURE_CFLAGS`]) or `tests/fixtures/<name>.cpp` (compiled when first asked for, with
+/// [`FIXTURE_CXXFLAGS`]), in `target/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
-    let path = fixtures_dir().join(name);
+    let (src, lang) = fixture_source(name);
+    let path = match lang {
+        Lang::C => fixtures_dir().join(name),
+        Lang::Cxx => {
+            let flags: Vec<String> = lang.base_flags().iter().map(|f| f.to_string()).collect();
+            cached_build(
+                name,
+                &format!("{} {}", lang.compiler(), flags.join(" ")),
+                || {
+                    let out = fixtures_out_dir()?.join(name);
+                    compile(lang, &flags, &src, &out)?;
+                    Ok(out)
+                },
+            )
+        }
+    };
     assert!(
         path.is_file(),
         "no fixture {name} ({} is missing)",
         path.display()
     );
     path
+}
+
+/// Fixture `name` (`.c` or `.cpp`) compiled with other flags, into
+/// `target/fixtures/<name>-<variant>`: the usual flags ([`FIXTURE_CFLAGS`] or
+/// [`FIXTURE_CXXFLAGS`]) minus those `extra_flags` contradict, plus `extra_flags` (see
+/// [`merge_flags`]). E.g. `fixture_variant("leaky", "nofp", &["-O2", "-fomit-frame-pointer"])`.
+/// Built once per test binary; asking for one variant name with two sets of flags panics.
+pub fn fixture_variant(name: &str, variant: &str, extra_flags: &[&str]) -> PathBuf {
+    assert!(
+        !variant.is_empty() && !variant.contains('/'),
+        "bad variant name {variant:?}"
+    );
+    let (src, lang) = fixture_source(name);
+    let flags = merge_flags(lang.base_flags(), extra_flags);
+    let out_name = format!("{name}-{variant}");
+    let recipe = format!("{} {}", lang.compiler(), flags.join(" "));
+    cached_build(&out_name, &recipe, || {
+        let out = fixtures_out_dir()?.join(&out_name);
+        compile(lang, &flags, &src, &out)?;
+        Ok(out)
+    })
+}
+
+/// A copy of fixture `name` without any symbols (`strip --strip-all`), in
+/// `target/fixtures/<name>-stripped`. `.eh_frame` stays (strip keeps allocated sections), so it
+/// can still be unwound; `.symtab` and the debug info are gone.
+pub fn stripped_fixture(name: &str) -> PathBuf {
+    let src = fixture(name);
+    stripped_copy(&src, &format!("{name}-stripped"))
+}
+
+/// `strip --strip-all` of a copy of `bin`, as `target/fixtures/<out_name>` (once per test
+/// binary).
+pub fn stripped_copy(bin: &Path, out_name: &str) -> PathBuf {
+    let recipe = format!("strip --strip-all {}", bin.display());
+    cached_build(out_name, &recipe, || {
+        let out = fixtures_out_dir()?.join(out_name);
+        let tmp = tmp_sibling(&out);
+        fs::copy(bin, &tmp).with_context(|| format!("copying {}", bin.display()))?;
+        let output = Command::new("strip")
+            .arg("--strip-all")
+            .arg(&tmp)
+            .output()
+            .context("running strip (binutils; install it, e.g. with `cargo xtask setup`)")?;
+        if !output.status.success() {
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "strip --strip-all {} failed ({}):\n{}",
+                tmp.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+        Ok(out)
+    })
+}
+
+/// A script of `tests/fixtures/` (e.g. `leak.js`), which must exist.
+pub fn fixture_script(file: &str) -> PathBuf {
+    let path = fixtures_src_dir().join(file);
+    assert!(path.is_file(), "no fixture script {}", path.display());
+    path
+}
+
+/// The Node.js binary for the Node fixtures: `$MEMPROF_TEST_NODE`, or `node` on `PATH`. Fails
+/// the test (never skips it) when there is none or it does not run: Node.js comes with
+/// `cargo xtask setup` (Debian package `nodejs`).
+pub fn node_bin() -> PathBuf {
+    static NODE: OnceLock<std::result::Result<(PathBuf, String), String>> = OnceLock::new();
+    let found = NODE.get_or_init(|| {
+        let bin = std::env::var_os("MEMPROF_TEST_NODE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join("node"))
+                        .find(|p| p.is_file())
+                })
+            })
+            .ok_or_else(|| "no `node` on PATH (and MEMPROF_TEST_NODE is not set)".to_string())?;
+        let out = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run {} --version: {e}", bin.display()))?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "{} --version failed ({}): {}",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // --perf-basic-prof and --interpreted-frames-native-stack: Node 12 and later; the tests
+        // were written against 18 (Debian 12) and 20.
+        let major = version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        match major {
+            Some(m) if m >= 16 => Ok((bin, version)),
+            _ => Err(format!(
+                "{} is Node.js {version:?}; the tests need 16 or later",
+                bin.display()
+            )),
+        }
+    });
+    match found {
+        Ok((bin, _)) => bin.clone(),
+        Err(e) => panic!(
+            "the Node.js tests need Node.js (`node`, 16 or later): {e}. Install it with \
+             `cargo xtask setup` (Debian package `nodejs`) or point MEMPROF_TEST_NODE at a node \
+             binary; these tests are never skipped"
+        ),
+    }
+}
+
+/// The perf map a JIT writes for process `pid` (V8 with `--perf-basic-prof`): `/tmp/perf-<pid>.map`.
+pub fn perf_map_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/perf-{pid}.map"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,24 +807,45 @@ pub struct Fixture {
     child: Child,
     name: String,
     stdout: Receiver<String>,
+    /// Files and folders to remove once the process is gone (a JIT's perf map, a scratch
+    /// working directory).
+    cleanup: Vec<PathBuf>,
 }
 
 impl Fixture {
     /// Starts fixture `name` with `args` (inside `cgroup` if given) and waits for its `ready`
     /// line, so the program has been exec'd and its libraries are mapped when this returns.
     pub fn start(name: &str, args: &[&str], cgroup: Option<&TestCgroup>) -> Self {
-        let mut cmd = Command::new(fixture(name));
-        cmd.args(args)
-            .stdin(Stdio::null())
+        Self::start_path(&fixture(name), args, cgroup)
+    }
+
+    /// [`Self::start`] for a binary given by its path (e.g. from [`fixture_variant`] or
+    /// [`stripped_fixture`]).
+    pub fn start_path(bin: &Path, args: &[&str], cgroup: Option<&TestCgroup>) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        let label = bin.file_name().map_or_else(
+            || bin.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Self::start_command(&label, cmd, cgroup)
+    }
+
+    /// [`Self::start`] for any command that speaks the fixture protocol; the process it starts
+    /// must be the one that prints `ready <pid>` (no wrapper shell). Its stdin is null, its
+    /// stdout a pipe, its stderr the test's. `label` names it in messages.
+    pub fn start_command(label: &str, mut cmd: Command, cgroup: Option<&TestCgroup>) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = Child::spawn(&mut cmd, cgroup)
-            .unwrap_or_else(|e| panic!("cannot start fixture {name}: {e:#}"));
+            .unwrap_or_else(|e| panic!("cannot start fixture {label}: {e:#}"));
         let stdout = line_reader(child.take_stdout().unwrap());
         let mut fx = Fixture {
             child,
-            name: name.to_string(),
+            name: label.to_string(),
             stdout,
+            cleanup: Vec::new(),
         };
         let line = fx
             .next_line(Duration::from_secs(20))
@@ -555,9 +856,44 @@ impl Fixture {
         assert_eq!(
             pid,
             Some(fx.pid()),
-            "fixture {name}: expected `ready <pid>`, got {line:?}"
+            "fixture {label}: expected `ready <pid>`, got {line:?}"
         );
         fx
+    }
+
+    /// Starts `node node_args... tests/fixtures/<script> args...` (see [`node_bin`]). Its
+    /// working directory is a scratch folder (V8 drops `isolate-*.log` files there with
+    /// `--perf-basic-prof`); that folder and the process's perf map ([`perf_map_path`]) are
+    /// removed when the fixture is dropped.
+    pub fn start_node(
+        script: &str,
+        node_args: &[&str],
+        args: &[&str],
+        cgroup: Option<&TestCgroup>,
+    ) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let script_path = fixture_script(script);
+        let scratch = std::env::temp_dir().join(format!(
+            "memprof-tests-node-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&scratch)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", scratch.display()));
+        let mut cmd = Command::new(node_bin());
+        cmd.args(node_args)
+            .arg(&script_path)
+            .args(args)
+            .current_dir(&scratch);
+        let mut fx = Self::start_command(script, cmd, cgroup);
+        let perf_map = perf_map_path(fx.pid());
+        fx.cleanup.extend([perf_map, scratch]);
+        fx
+    }
+
+    /// Removes `path` (a file or a folder) when the fixture is dropped, after it was killed.
+    pub fn remove_on_drop(&mut self, path: PathBuf) {
+        self.cleanup.push(path);
     }
 
     pub fn pid(&self) -> u32 {
@@ -626,6 +962,19 @@ impl Fixture {
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         self.child.kill();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.child.kill();
+        for path in self.cleanup.drain(..) {
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
     }
 }
 
@@ -962,6 +1311,101 @@ pub fn site_pids(summary: &Value, func: &str) -> Vec<u32> {
     pids
 }
 
+/// The `frame_details` of one stack, root → leaf (one entry per display frame).
+pub fn frame_details(stack: &Value) -> &[Value] {
+    stack["frame_details"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("stack without `frame_details`: {}", stack["frames"]))
+}
+
+/// The `function` of a frame detail ("" when it has none).
+pub fn detail_function(detail: &Value) -> &str {
+    detail["function"].as_str().unwrap_or("")
+}
+
+/// Whether a frame detail is an inlined frame (`"inlined": true`; the key is omitted when false).
+pub fn detail_inlined(detail: &Value) -> bool {
+    detail["inlined"].as_bool().unwrap_or(false)
+}
+
+/// The stacks with at least one frame detail for which `pred` holds.
+pub fn stacks_where(summary: &Value, pred: impl Fn(&Value) -> bool) -> Vec<&Value> {
+    stacks(summary)
+        .iter()
+        .filter(|s| frame_details(s).iter().any(&pred))
+        .collect()
+}
+
+/// Outstanding bytes of `stacks`.
+pub fn bytes_of(stacks: &[&Value]) -> u64 {
+    sum_field(stacks, "bytes")
+}
+
+/// Outstanding allocations of `stacks`.
+pub fn allocations_of(stacks: &[&Value]) -> u64 {
+    sum_field(stacks, "allocations")
+}
+
+/// How a stack was unwound (`"whole"`, `"depth"`, `"read"`, `"no_info"`, `"unsupported"`);
+/// `None` when the stack has no `unwind` string (a memprof without the CFI unwinder).
+pub fn stack_unwind(stack: &Value) -> Option<&str> {
+    stack["unwind"].as_str()
+}
+
+/// Whether a stack is complete: `"unwind": "whole"` and `"truncated": false` (false when either
+/// field is missing).
+pub fn stack_is_whole(stack: &Value) -> bool {
+    stack_unwind(stack) == Some("whole") && stack["truncated"].as_bool() == Some(false)
+}
+
+/// The summary's `stack_quality` object.
+pub fn stack_quality(summary: &Value) -> &Value {
+    let q = &summary["stack_quality"];
+    assert!(
+        q.is_object(),
+        "summary.json has no `stack_quality` object (is this memprof built with the CFI \
+         unwinder?); top-level keys: {:?}",
+        summary
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+    q
+}
+
+/// `stack_quality.whole_bytes_share`: the share (0..1) of live bytes whose stack is whole;
+/// `None` when the summary has none.
+pub fn whole_bytes_share(summary: &Value) -> Option<f64> {
+    summary["stack_quality"]["whole_bytes_share"].as_f64()
+}
+
+/// The summary's `modules` array.
+pub fn modules(summary: &Value) -> &[Value] {
+    summary["modules"].as_array().map(Vec::as_slice).unwrap_or_else(|| {
+        panic!("summary.json has no `modules` array (is this memprof built with the CFI unwinder?)")
+    })
+}
+
+/// The `modules` entry of the module at `path` (compared by path; failing that, by file name);
+/// `None` also when the summary has no `modules` array.
+pub fn module_entry<'a>(summary: &'a Value, path: &Path) -> Option<&'a Value> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let all = summary["modules"].as_array()?;
+    all.iter()
+        .find(|m| m["module"].as_str().is_some_and(|p| Path::new(p) == path))
+        .or_else(|| {
+            all.iter().find(|m| {
+                m["module"].as_str().is_some_and(|p| {
+                    Path::new(p)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        == name
+                })
+            })
+        })
+}
+
 /// The total of a folded-stacks file (the last field of every line).
 pub fn folded_total(path: &Path) -> u64 {
     let text =
@@ -1020,8 +1464,13 @@ pub fn print_site_table(title: &str, truth: &GroundTruth, summary: &Value) -> St
 pub fn describe_stacks(summary: &Value) -> String {
     let mut out = String::new();
     for s in stacks(summary) {
+        let unwind = match (s["unwind"].as_str(), s["truncated"].as_bool()) {
+            (Some(u), Some(true)) => format!(" [{u}, truncated]"),
+            (Some(u), _) => format!(" [{u}]"),
+            (None, _) => String::new(),
+        };
         out += &format!(
-            "{:>10} B {:>6} allocs  {}\n",
+            "{:>10} B {:>6} allocs{unwind}  {}\n",
             s["bytes"],
             s["allocations"],
             frames(s).join(";")
@@ -1146,6 +1595,43 @@ mod tests {
         assert!(frame_is("leak_malloc (leaky.c:42)", "leak_malloc"));
         assert!(!frame_is("leak_mmap_partial (leaky.c:9)", "leak_mmap"));
         assert!(!frame_is("leaky+0x1234", "leak"));
+    }
+
+    #[test]
+    fn flag_merging() {
+        assert_eq!(
+            merge_flags(FIXTURE_CFLAGS, &["-O2", "-fomit-frame-pointer"]),
+            [
+                "-g",
+                "-fno-inline",
+                "-pthread",
+                "-Wall",
+                "-O2",
+                "-fomit-frame-pointer"
+            ]
+        );
+        assert_eq!(
+            merge_flags(FIXTURE_CFLAGS, &["-fno-omit-frame-pointer"]),
+            [
+                "-O1",
+                "-g",
+                "-fno-inline",
+                "-pthread",
+                "-Wall",
+                "-fno-omit-frame-pointer"
+            ]
+        );
+        assert_eq!(
+            merge_flags(
+                &["-O2", "-g", "-fvisibility=hidden"],
+                &["-g0", "-fvisibility=default", "-DX"]
+            ),
+            ["-O2", "-g0", "-fvisibility=default", "-DX"]
+        );
+        assert_eq!(
+            merge_flags(&["-pthread", "-Wall"], &["-Wextra"]),
+            ["-pthread", "-Wall", "-Wextra"]
+        );
     }
 
     #[test]

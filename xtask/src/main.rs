@@ -206,6 +206,10 @@ fn unescape_octal(s: &str) -> String {
 
 const APT_PACKAGES: &[&str] = &[
     "gcc",
+    // The stack tests (tests/tests/stacks.rs): a C++ fixture, and a Node program whose JIT
+    // frames come from its perf map.
+    "g++",
+    "nodejs",
     "libc6-dev",
     "pkg-config",
     "binutils",

@@ -19,7 +19,7 @@ use aya::{
     programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId, uprobe::UProbeScope},
 };
 use log::{debug, info, warn};
-use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS};
+use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNWIND_DWARF, UNWIND_FP};
 
 use crate::{
     report::ProbeInfo,
@@ -50,6 +50,10 @@ pub struct MapSizes {
     pub sample_bytes: u64,
     /// `--mode rss`: page faults instead of uprobes.
     pub rss: bool,
+    /// `--unwind dwarf`: the CFI walk instead of `bpf_get_stackid`.
+    pub dwarf: bool,
+    /// Capacity of the CFI row array.
+    pub unwind_rows: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,9 @@ impl Probes {
             .map_max_entries("ALLOCS", sizes.allocs)
             .map_max_entries("STACKS", sizes.stacks)
             .map_max_entries("STACK_TOTALS", sizes.stack_totals)
+            .override_global("UNWINDER", &if sizes.dwarf { UNWIND_DWARF } else { UNWIND_FP }, true)
+            .map_max_entries("USTACKS", sizes.stacks)
+            .map_max_entries("UNWIND_ROWS", sizes.unwind_rows)
             .load(EBPF_OBJECT)?;
         let mut uprobe_names: Vec<&str> = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).collect();
         uprobe_names.sort_unstable();

@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use log::warn;
-use memprof_common::{AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
+use memprof_common::{unwind::UnwoundStack, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
 
 use mappings::{MappingOrigin, Mappings};
 
@@ -41,6 +41,15 @@ pub enum Notice {
     RangeReleased { pid: u32, addr: u64, len: u64 },
 }
 
+/// A recorded stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackData {
+    /// Leaf first.
+    pub ips: Vec<u64>,
+    /// `STACK_*` flags of the CFI unwinder; None for frame-pointer stacks (nothing known).
+    pub flags: Option<u32>,
+}
+
 /// Live and total figures of one stack at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackSample {
@@ -69,7 +78,9 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> CollectError {
 pub struct Collector {
     events: RingBuf<MapData>,
     pub mappings: Mappings,
-    stack_cache: HashMap<u32, Vec<u64>>,
+    stack_cache: HashMap<u32, StackData>,
+    /// Stacks come from the CFI unwinder (`USTACKS`), not `bpf_get_stackid` (`STACKS`).
+    dwarf: bool,
     /// Mapping events seen (statistics).
     pub mapping_events: u64,
     /// Bytes and counts retired by userspace (`--mode rss` ranges too large for the kernel),
@@ -79,13 +90,14 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(bpf: &mut Ebpf) -> Result<Collector, CollectError> {
+    pub fn new(bpf: &mut Ebpf, dwarf: bool) -> Result<Collector, CollectError> {
         let map = bpf.take_map("EVENTS").ok_or(CollectError::MissingMap("EVENTS"))?;
         let events = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
         Ok(Collector {
             events,
             mappings: Mappings::default(),
             stack_cache: HashMap::new(),
+            dwarf,
             mapping_events: 0,
             released: HashMap::new(),
         })
@@ -160,24 +172,37 @@ impl Collector {
         Ok(snap)
     }
 
-    /// The instruction pointers of a stack, leaf first (cached: ids are stable).
-    pub fn stack_ips(&mut self, bpf: &Ebpf, stack_id: u32) -> Vec<u64> {
+    /// A stack's instruction pointers, leaf first, and how its walk ended (cached: ids are
+    /// stable).
+    pub fn stack(&mut self, bpf: &Ebpf, stack_id: u32) -> StackData {
         if stack_id == NO_STACK {
-            return Vec::new();
+            return StackData::default();
         }
-        if let Some(ips) = self.stack_cache.get(&stack_id) {
-            return ips.clone();
+        if let Some(st) = self.stack_cache.get(&stack_id) {
+            return st.clone();
         }
-        let ips = bpf
-            .map("STACKS")
-            .and_then(|m| StackTraceMap::try_from(m).ok())
-            .and_then(|m| m.get(&stack_id, 0).ok())
-            .map(|st| st.frames().iter().map(|f| f.ip).collect::<Vec<_>>())
-            .unwrap_or_default();
-        if !ips.is_empty() {
-            self.stack_cache.insert(stack_id, ips.clone());
+        let st = if self.dwarf {
+            bpf.map("USTACKS")
+                .and_then(|m| BpfHashMap::<_, u32, UnwoundStack>::try_from(m).ok())
+                .and_then(|m| m.get(&stack_id, 0).ok())
+                .map(|u| {
+                    let n = (u.len as usize).min(u.ips.len());
+                    StackData { ips: u.ips[..n].to_vec(), flags: Some(u.flags) }
+                })
+                .unwrap_or_default()
+        } else {
+            let ips = bpf
+                .map("STACKS")
+                .and_then(|m| StackTraceMap::try_from(m).ok())
+                .and_then(|m| m.get(&stack_id, 0).ok())
+                .map(|st| st.frames().iter().map(|f| f.ip).collect::<Vec<_>>())
+                .unwrap_or_default();
+            StackData { ips, flags: None }
+        };
+        if !st.ips.is_empty() {
+            self.stack_cache.insert(stack_id, st.clone());
         }
-        ips
+        st
     }
 
     /// Retires the records in [addr, addr+len) of a process (`--mode rss` ranges the kernel

@@ -13,7 +13,7 @@ use super::{Failure, session::Session, title};
 use crate::{
     analyze::{self, Class},
     output,
-    report::{MemoryInfo, ProcessInfo, Report},
+    report::{MemoryInfo, ProcessInfo, Report, StackQuality},
 };
 
 impl Session {
@@ -54,6 +54,8 @@ impl Session {
         self.classify(&mut stacks);
         let oom_eta_s = analyze::oom_eta_s(self.history.cgroup(), limit);
         stats.insert("mapping_events".into(), self.collector.mapping_events);
+        let mut stack_quality = StackQuality::of(&stacks, self.config.sizes.dwarf);
+        stack_quality.tables = self.unwinder.as_ref().map(|u| u.stats.clone());
         let report = Report {
             target: self.config.label.clone(),
             cgroup: self.config.cgroup.as_ref().map(|c| c.rel.clone()),
@@ -88,6 +90,8 @@ impl Session {
             },
             oom_eta_s,
             oom_kills: self.oom_kills.clone(),
+            stack_quality,
+            modules: self.symbolizer.module_sources(),
         };
         // Detach while the artifacts are written: closing each uprobe link takes the kernel
         // 0.1-0.5 s, and the artifacts should not wait for it.

@@ -133,6 +133,8 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             stack_totals: opt.max_stacks.saturating_mul(4),
             sample_bytes: opt.sample_bytes.unwrap_or(0),
             rss: opt.mode == crate::cli::Mode::Rss,
+            dwarf: opt.unwind == crate::cli::Unwind::Dwarf,
+            unwind_rows: opt.unwind_rows,
         },
         probe_placement: !opt.no_probe_placement,
     })

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use log::{info, warn};
-use memprof_common::LEAF_PREPEND;
+use memprof_common::{LEAF_PREPEND, unwind::STACK_FIRST_EXACT};
 
 use super::{Config, Failure, finish::class_name, title};
 use crate::{
@@ -17,7 +17,8 @@ use crate::{
     collect::{Collector, NO_STACK, Notice, Snapshot, StackRef},
     output,
     report::{Frame, OomKill, SnapshotInfo, StackReport},
-    symbolize::Symbolizer,
+    symbolize::{StackOpts, Symbolizer},
+    unwind::loader::UnwindLoader,
     target::{
         self,
         memory::{self, MemorySource},
@@ -40,6 +41,10 @@ pub(super) struct Session {
     pub(super) symbolizer: Symbolizer,
     pub(super) processes: BTreeMap<u32, Tracked>,
     pub(super) frames: HashMap<StackRef, Vec<Frame>>,
+    /// How each symbolized stack's walk ended (`STACK_*` flags; absent: frame-pointer walk).
+    pub(super) stack_flags: HashMap<StackRef, u32>,
+    /// `--unwind dwarf`: the CFI tables in the kernel.
+    pub(super) unwinder: Option<UnwindLoader>,
     pub(super) snapshots: Vec<SnapshotInfo>,
     pub(super) memory: MemorySource,
     pub(super) oom_kills: Vec<OomKill>,
@@ -60,7 +65,13 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     let _tracefs = tracefs::ensure_mounted().context("failed to mount tracefs")?;
     let mut probes = Probes::load(config.scope, config.sizes).context("failed to load the BPF programs")?;
     probes.set_probe_placement(config.probe_placement);
-    let collector = Collector::new(&mut probes.bpf).context("failed to open the event ring buffer")?;
+    let collector =
+        Collector::new(&mut probes.bpf, config.sizes.dwarf).context("failed to open the event ring buffer")?;
+    let unwinder = if config.sizes.dwarf {
+        Some(UnwindLoader::new(&probes.bpf, config.sizes.unwind_rows).context("failed to set up the CFI unwinder")?)
+    } else {
+        None
+    };
     let mut s = Session {
         config,
         probes,
@@ -68,6 +79,8 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         symbolizer: Symbolizer::new(),
         processes: BTreeMap::new(),
         frames: HashMap::new(),
+        stack_flags: HashMap::new(),
+        unwinder,
         snapshots: Vec::new(),
         memory: MemorySource::None,
         oom_kills: Vec::new(),
@@ -95,6 +108,23 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
 
     let end_reason = s.main_loop().await;
     s.finish(end_reason)
+}
+
+/// Whether a CFI walk was cut short, and why (`whole`, `depth`, `read`, `no_info`,
+/// `unsupported`).
+pub(super) fn unwind_outcome(flags: u32) -> (bool, &'static str) {
+    use memprof_common::unwind::*;
+    if flags & STACK_TRUNC_DEPTH != 0 {
+        (true, "depth")
+    } else if flags & STACK_TRUNC_READ != 0 {
+        (true, "read")
+    } else if flags & STACK_TRUNC_NO_INFO != 0 {
+        (true, "no_info")
+    } else if flags & STACK_TRUNC_UNSUPPORTED != 0 {
+        (true, "unsupported")
+    } else {
+        (false, "whole")
+    }
 }
 
 impl Session {
@@ -201,6 +231,7 @@ impl Session {
                         }
                         self.symbolizer.observe_process(pid);
                         self.frames.retain(|r, _| r.pid != pid);
+                        self.load_unwind(pid);
                         self.probes.attach_process(pid);
                         if let Some(p) = self.processes.get_mut(&pid) {
                             p.comm = target::procs::comm(pid).unwrap_or_default();
@@ -212,6 +243,7 @@ impl Session {
                 Notice::CodeMapped(pid) => {
                     if self.is_tracked(pid) {
                         self.symbolizer.observe_process(pid);
+                        self.load_unwind(pid);
                         self.probes.attach_process(pid);
                     } else {
                         self.adopt(pid);
@@ -263,6 +295,9 @@ impl Session {
             // descriptors per exited process; see raise_fd_limit().
             self.probes.forget_process(pid);
             self.symbolizer.forget_process(pid);
+            if let Some(u) = self.unwinder.as_mut() {
+                u.forget_process(&mut self.probes.bpf, pid);
+            }
             if let Some(p) = self.processes.get_mut(&pid) {
                 p.alive = false;
                 p.freed_at_exit = Some(held);
@@ -274,11 +309,20 @@ impl Session {
     fn adopt(&mut self, pid: u32) {
         let comm = target::procs::comm(pid).unwrap_or_default();
         self.symbolizer.observe_process(pid);
+        // Tables first, so the first allocations the probes see unwind whole.
+        self.load_unwind(pid);
         let n = self.probes.attach_process(pid);
         if n == 0 && !self.config.sizes.rss {
             warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
         }
         self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
+    }
+
+    /// `--unwind dwarf`: (re)loads the CFI tables and mapping list of a process.
+    fn load_unwind(&mut self, pid: u32) {
+        if let Some(u) = self.unwinder.as_mut() {
+            u.load_process(&mut self.probes.bpf, pid);
+        }
     }
 
     fn memory_source(&self) -> MemorySource {
@@ -379,6 +423,17 @@ impl Session {
                 pids: Vec::new(),
                 ..Default::default()
             });
+            if let Some(&flags) = self.stack_flags.get(r) {
+                let (truncated, why) = unwind_outcome(flags);
+                // Stacks merged by frames: the worst walk speaks for them.
+                if truncated || e.unwind.is_empty() {
+                    e.truncated = truncated;
+                    e.unwind = why.to_string();
+                }
+            } else if r.stack_id == NO_STACK {
+                e.truncated = true;
+                e.unwind = "none".to_string();
+            }
             e.bytes += sample.live_bytes;
             e.allocations += sample.live_count;
             e.total_bytes += sample.total_bytes;
@@ -388,7 +443,12 @@ impl Session {
             }
         }
         let mut stacks: Vec<StackReport> = merged.into_values().collect();
+        let dwarf = self.config.sizes.dwarf;
         for s in &mut stacks {
+            if s.unwind.is_empty() {
+                s.unwind = if dwarf { "none" } else { "fp" }.to_string();
+                s.truncated = dwarf;
+            }
             s.pids.sort_unstable();
         }
         stacks.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.frames.cmp(&b.frames)));
@@ -399,7 +459,14 @@ impl Session {
         if r.stack_id == NO_STACK {
             return Vec::new();
         }
-        let mut ips = self.collector.stack_ips(&self.probes.bpf, r.stack_id);
+        let st = self.collector.stack(&self.probes.bpf, r.stack_id);
+        let mut ips = st.ips;
+        if let Some(flags) = st.flags {
+            // A CFI walk: every address is a real frame.
+            self.stack_flags.insert(*r, flags);
+            let opts = StackOpts { first_exact: flags & STACK_FIRST_EXACT != 0, trust_all: true };
+            return self.symbolizer.symbolize_stack(r.pid, &ips, opts);
+        }
         if r.leaf_ret & LEAF_PREPEND != 0 {
             ips.insert(0, r.leaf_ret & !LEAF_PREPEND);
         } else if r.leaf_ret != 0
@@ -409,7 +476,7 @@ impl Session {
         {
             ips.insert(1, r.leaf_ret);
         }
-        self.symbolizer.symbolize_stack(r.pid, &ips)
+        self.symbolizer.symbolize_stack(r.pid, &ips, StackOpts { first_exact: false, trust_all: false })
     }
 
     /// Class, growth rate and series of each stack, from the history.

@@ -1,0 +1,377 @@
+//! User stacks without frame pointers: a CFI walk over the tables userspace derived from each
+//! object's `.eh_frame` (see `memprof_common::unwind`), with the frame-pointer chain as the
+//! fallback for code without CFI (JIT code, which keeps frame pointers).
+//!
+//! Per frame: find the executable mapping the pc is in (binary search over the process's sorted
+//! mappings), then its CFI row (binary search over the object's rows), compute the CFA, read the
+//! return address at CFA-8 and, when the frame saved it, the caller's `%rbp`. The stack is stored
+//! by a 32-bit hash of its addresses (open addressing on collisions, exact compare), so equal
+//! stacks share one id like `bpf_get_stackid`'s.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_loop, bpf_task_pt_regs},
+    },
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use memprof_common::{
+    Counter,
+    unwind::{
+        CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, ExecMapping, MAX_EXEC_MAPPINGS, ProcUnwind,
+        RBP_AT_CFA, STACK_COMPLETE, STACK_FIRST_EXACT, STACK_TRUNC_DEPTH, STACK_TRUNC_NO_INFO,
+        STACK_TRUNC_READ, STACK_TRUNC_UNSUPPORTED, STACK_TRUNCATED, STACK_USED_FP, UNWIND_MAX_DEPTH,
+        UnwindRow, UnwoundStack,
+    },
+};
+
+use crate::maps::count;
+
+/// CFI rows of every tabled object, written by userspace through a shared mapping.
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1 << 21, BPF_F_MMAPABLE);
+
+/// Per process (tgid): its executable mappings and their rows.
+#[map]
+pub static PROC_UNWIND: HashMap<u32, ProcUnwind> =
+    HashMap::with_max_entries(1 << 12, BPF_F_NO_PREALLOC);
+
+/// Unwound stacks by id.
+#[map]
+pub static USTACKS: HashMap<u32, UnwoundStack> = HashMap::with_max_entries(1 << 14, 0);
+
+/// The stack being built (too big for the BPF stack).
+#[map]
+static SCRATCH: PerCpuArray<UnwoundStack> = PerCpuArray::with_max_entries(1, 0);
+
+use core::ffi::c_void;
+
+use crate::alloc::NO_STACK;
+
+/// Registers the walk starts from.
+#[derive(Clone, Copy)]
+pub struct Regs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+impl Regs {
+    /// From a probe context's `pt_regs` (uprobe / uretprobe: the user registers).
+    #[inline(always)]
+    pub fn from_pt_regs(regs: *const pt_regs) -> Regs {
+        unsafe { Regs { ip: (*regs).rip, sp: (*regs).rsp, bp: (*regs).rbp } }
+    }
+
+    /// The current task's user registers at kernel entry (tracepoints: syscalls, faults).
+    #[inline(always)]
+    pub fn current_user() -> Option<Regs> {
+        unsafe {
+            let task = bpf_get_current_task_btf();
+            let regs = bpf_task_pt_regs(task) as *const pt_regs;
+            if regs.is_null() {
+                return None;
+            }
+            let r = bpf_probe_read_kernel(regs).ok()?;
+            Some(Regs { ip: r.rip, sp: r.rsp, bp: r.rbp })
+        }
+    }
+}
+
+/// One binary search ("first element whose key is > `target`" over `lo..hi`), run as a
+/// `bpf_loop` so the verifier checks its body once instead of every path through every halving.
+#[repr(C)]
+struct Search {
+    target: u64,
+    /// Mappings: the address of the first entry; rows: the first row's index.
+    base: u64,
+    lo: u32,
+    hi: u32,
+    failed: u32,
+    _pad: u32,
+}
+
+#[inline(always)]
+fn bisect(search: &mut Search, steps: u32, step_fn: extern "C" fn(u64, *mut c_void) -> i64) -> Option<u32> {
+    unsafe { bpf_loop(steps, step_fn as *mut c_void, (search as *mut Search).cast(), 0) };
+    if search.failed != 0 || search.lo < search.hi {
+        return None;
+    }
+    Some(search.lo)
+}
+
+/// A mapping search step. Entries are read with `bpf_probe_read_kernel` from a plain address:
+/// an index used in pointer arithmetic would become "precise" for the verifier.
+#[inline(never)]
+extern "C" fn mapping_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Search) };
+    if s.lo >= s.hi {
+        return 1;
+    }
+    let mid = s.lo + (s.hi - s.lo) / 2;
+    let at = s.base + (mid as u64) * core::mem::size_of::<ExecMapping>() as u64;
+    match unsafe { bpf_probe_read_kernel(at as *const u64) } {
+        Ok(start) if start <= s.target => s.lo = mid + 1,
+        Ok(_) => s.hi = mid,
+        Err(_) => {
+            s.failed = 1;
+            return 1;
+        }
+    }
+    0
+}
+
+/// A row search step.
+#[inline(never)]
+extern "C" fn row_step(_i: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Search) };
+    if s.lo >= s.hi {
+        return 1;
+    }
+    let mid = s.lo + (s.hi - s.lo) / 2;
+    match UNWIND_ROWS.get((s.base as u32).wrapping_add(mid)) {
+        Some(r) if (r.pc as u64) <= s.target => s.lo = mid + 1,
+        Some(_) => s.hi = mid,
+        None => {
+            s.failed = 1;
+            return 1;
+        }
+    }
+    0
+}
+
+/// The mapping containing `pc`.
+#[inline(always)]
+fn find_mapping(p: &ProcUnwind, pc: u64) -> Option<ExecMapping> {
+    let n = if (p.count as usize) < MAX_EXEC_MAPPINGS { p.count } else { MAX_EXEC_MAPPINGS as u32 };
+    let base = p.mappings.as_ptr() as u64;
+    let mut s = Search { target: pc, base, lo: 0, hi: n, failed: 0, _pad: 0 };
+    let first_above = bisect(&mut s, 10, mapping_step)?;
+    if first_above == 0 {
+        return None;
+    }
+    let at = base + ((first_above - 1) as u64) * core::mem::size_of::<ExecMapping>() as u64;
+    let m = unsafe { bpf_probe_read_kernel(at as *const ExecMapping) }.ok()?;
+    if pc < m.end { Some(m) } else { None }
+}
+
+/// The last row with `row.pc <= addr` among the mapping's rows.
+#[inline(always)]
+fn find_row(m: &ExecMapping, addr: u32) -> Option<UnwindRow> {
+    let mut s = Search { target: addr as u64, base: m.rows_start as u64, lo: 0, hi: m.rows_len, failed: 0, _pad: 0 };
+    let first_above = bisect(&mut s, 25, row_step)?;
+    if first_above == 0 {
+        return None;
+    }
+    UNWIND_ROWS.get(m.rows_start.wrapping_add(first_above - 1)).copied()
+}
+
+#[inline(always)]
+fn read(addr: u64) -> Option<u64> {
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The walk's state, shared with the per-frame callback of `bpf_loop` (a loop the verifier
+/// checks once, not once per frame).
+#[repr(C)]
+struct Walk {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    tgid: u32,
+    flags: u32,
+    len: u32,
+    hash: u32,
+    first_exact: u32,
+    done: u32,
+}
+
+/// Unwinds the current thread of process `tgid` from `regs` and returns the stack's id in
+/// [`USTACKS`] (or [`NO_STACK`]). `first_exact`: `regs.ip` is the faulting instruction itself
+/// (a page fault), not a return address or the instruction after a syscall.
+#[inline(always)]
+pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
+    if unsafe { PROC_UNWIND.get(&tgid) }.is_none() {
+        count(Counter::UnwindNoTables);
+    }
+    let mut w = Walk {
+        pc: regs.ip,
+        sp: regs.sp,
+        bp: regs.bp,
+        tgid,
+        flags: if first_exact { STACK_FIRST_EXACT } else { 0 },
+        len: 0,
+        hash: 0x811c_9dc5,
+        first_exact: first_exact as u32,
+        done: 0,
+    };
+    unsafe {
+        bpf_loop(
+            UNWIND_MAX_DEPTH as u32,
+            step as *mut c_void,
+            (&raw mut w).cast(),
+            0,
+        )
+    };
+    if w.done == 0 {
+        w.flags |= STACK_TRUNC_DEPTH;
+    }
+    let Some(st) = SCRATCH.get_ptr_mut(0) else { return NO_STACK };
+    let st = unsafe { &mut *st };
+    st.len = w.len;
+    st.flags = w.flags;
+    count(Counter::StacksUnwound);
+    if w.flags & STACK_TRUNCATED != 0 {
+        count(Counter::StacksTruncated);
+    }
+    store(st, w.hash)
+}
+
+/// `bpf_loop` callback: one frame. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    if step_frame(w) {
+        0
+    } else {
+        w.done = 1;
+        1
+    }
+}
+
+/// Records the current frame and steps to its caller; false when the walk ends here.
+#[inline(always)]
+fn step_frame(w: &mut Walk) -> bool {
+    let Some(st) = SCRATCH.get_ptr_mut(0) else { return false };
+    let st = unsafe { &mut *st };
+    let i = w.len as usize;
+    if i >= UNWIND_MAX_DEPTH {
+        w.flags |= STACK_TRUNC_DEPTH;
+        return false;
+    }
+    let (pc, sp, mut bp) = (w.pc, w.sp, w.bp);
+    st.ips[i & (UNWIND_MAX_DEPTH - 1)] = pc;
+    w.len = i as u32 + 1;
+    w.hash = (w.hash ^ (pc as u32)).wrapping_mul(0x0100_0193);
+    w.hash = (w.hash ^ ((pc >> 32) as u32)).wrapping_mul(0x0100_0193);
+    let lookup = if i == 0 && w.first_exact != 0 { pc } else { pc.wrapping_sub(1) };
+    let mut row = UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 };
+    if let Some(p) = unsafe { PROC_UNWIND.get(&w.tgid) } {
+        if let Some(m) = find_mapping(p, lookup) {
+            if m.rows_len > 0 {
+                if let Some(r) = find_row(&m, lookup.wrapping_sub(m.bias) as u32) {
+                    row = r;
+                }
+            }
+        }
+    }
+    let cfa = match row.cfa_kind {
+        CFA_RSP => sp.wrapping_add(row.cfa_offset as i64 as u64),
+        CFA_RBP => bp.wrapping_add(row.cfa_offset as i64 as u64),
+        CFA_PLT => {
+            let extra = if (pc & 15) >= row.cfa_offset as u64 { 8 } else { 0 };
+            sp.wrapping_add(8 + extra)
+        }
+        CFA_END => {
+            w.flags |= STACK_COMPLETE;
+            return false;
+        }
+        CFA_NONE => {
+            // No CFI here: follow the frame pointer. A zero one ends the chain (the outermost
+            // frame of code built with frame pointers).
+            if bp == 0 {
+                w.flags |= STACK_COMPLETE;
+                return false;
+            }
+            if bp < sp || bp & 7 != 0 {
+                w.flags |= STACK_TRUNC_NO_INFO;
+                return false;
+            }
+            w.flags |= STACK_USED_FP;
+            bp.wrapping_add(16)
+        }
+        _ => {
+            w.flags |= STACK_TRUNC_UNSUPPORTED;
+            return false;
+        }
+    };
+    let Some(ra) = read(cfa.wrapping_sub(8)) else {
+        w.flags |= if row.cfa_kind == CFA_NONE { STACK_TRUNC_NO_INFO } else { STACK_TRUNC_READ };
+        return false;
+    };
+    if row.cfa_kind == CFA_NONE {
+        // The caller's frame pointer is where ours points.
+        match read(bp) {
+            Some(v) => bp = v,
+            None => {
+                w.flags |= STACK_TRUNC_NO_INFO;
+                return false;
+            }
+        }
+    } else if row.rbp_rule == RBP_AT_CFA {
+        match read(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
+            Some(v) => bp = v,
+            None => {
+                w.flags |= STACK_TRUNC_READ;
+                return false;
+            }
+        }
+    }
+    if ra == 0 {
+        w.flags |= STACK_COMPLETE;
+        return false;
+    }
+    w.sp = cfa;
+    w.pc = ra;
+    w.bp = bp;
+    true
+}
+
+/// Stores the stack under its hash (the next free or equal slot on collisions).
+#[inline(always)]
+fn store(st: &UnwoundStack, hash: u32) -> u32 {
+    let mut id = hash & 0x7fff_ffff;
+    for _ in 0..4 {
+        match unsafe { USTACKS.get(&id) } {
+            Some(old) => {
+                if same(old, st) {
+                    return id;
+                }
+                id = (id + 1) & 0x7fff_ffff;
+            }
+            None => {
+                if USTACKS.insert(&id, st, BPF_NOEXIST as u64).is_ok() {
+                    return id;
+                }
+                // Raced with another CPU storing this id: it may be this very stack.
+                if let Some(old) = unsafe { USTACKS.get(&id) } {
+                    if same(old, st) {
+                        return id;
+                    }
+                }
+                id = (id + 1) & 0x7fff_ffff;
+            }
+        }
+    }
+    count(Counter::StackIdFailed);
+    NO_STACK
+}
+
+#[inline(always)]
+fn same(a: &UnwoundStack, b: &UnwoundStack) -> bool {
+    if a.len != b.len || a.flags != b.flags {
+        return false;
+    }
+    let n = b.len as usize;
+    for i in 0..UNWIND_MAX_DEPTH {
+        if i >= n {
+            break;
+        }
+        if a.ips[i] != b.ips[i] {
+            return false;
+        }
+    }
+    true
+}
