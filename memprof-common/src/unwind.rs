@@ -70,8 +70,24 @@ pub struct ExecMapping {
 #[derive(Clone, Copy, Debug)]
 pub struct ProcUnwind {
     pub count: u32,
-    pub _pad: u32,
+    /// Changes whenever userspace rewrites the list (execve, dlopen): the kernel side's cache of
+    /// looked-up rows is keyed by it.
+    pub generation: u32,
     pub mappings: [ExecMapping; MAX_EXEC_MAPPINGS],
+}
+
+/// Entries of the kernel side's per-CPU cache of looked-up rows (a power of two).
+pub const ROW_CACHE_ENTRIES: u32 = 4096;
+
+/// One entry of that cache: the row for return address `pc` of process `tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowCacheEntry {
+    pub pc: u64,
+    pub tgid: u32,
+    pub generation: u32,
+    pub row: UnwindRow,
+    pub _pad: u32,
 }
 
 /// The walk reached the outermost frame (undefined return address, or a zero frame pointer).
@@ -104,6 +120,7 @@ pub struct UnwoundStack {
 }
 
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
+const _: () = assert!(core::mem::size_of::<RowCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ExecMapping>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcUnwind>() == 8 + 32 * MAX_EXEC_MAPPINGS);
 const _: () = assert!(core::mem::size_of::<UnwoundStack>() == 8 + 8 * UNWIND_MAX_DEPTH);

@@ -21,6 +21,7 @@ use memprof_common::{
     Counter,
     unwind::{
         CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, ExecMapping, MAX_EXEC_MAPPINGS, ProcUnwind,
+        ROW_CACHE_ENTRIES, RowCacheEntry,
         RBP_AT_CFA, STACK_COMPLETE, STACK_FIRST_EXACT, STACK_TRUNC_DEPTH, STACK_TRUNC_NO_INFO,
         STACK_TRUNC_READ, STACK_TRUNC_UNSUPPORTED, STACK_TRUNCATED, STACK_USED_FP, UNWIND_MAX_DEPTH,
         UnwindRow, UnwoundStack,
@@ -41,6 +42,11 @@ pub static PROC_UNWIND: HashMap<u32, ProcUnwind> =
 /// Unwound stacks by id.
 #[map]
 pub static USTACKS: HashMap<u32, UnwoundStack> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Rows looked up recently, per CPU, direct-mapped by (pc, tgid): a hit saves both binary
+/// searches (most allocations come from a few hot call paths).
+#[map]
+static ROW_CACHE: PerCpuArray<RowCacheEntry> = PerCpuArray::with_max_entries(ROW_CACHE_ENTRIES, 0);
 
 /// The stack being built (too big for the BPF stack).
 #[map]
@@ -168,6 +174,38 @@ fn find_row(m: &ExecMapping, addr: u32) -> Option<UnwindRow> {
     UNWIND_ROWS.get(m.rows_start.wrapping_add(first_above - 1)).copied()
 }
 
+/// The row for `lookup` in process `tgid`: from the per-CPU cache, or searched and cached.
+#[inline(always)]
+fn cached_row(tgid: u32, generation: u32, lookup: u64) -> UnwindRow {
+    let slot = ((lookup ^ (lookup >> 17) ^ ((tgid as u64) << 7)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as u32
+        & (ROW_CACHE_ENTRIES - 1);
+    let entry = ROW_CACHE.get_ptr_mut(slot);
+    if let Some(e) = entry {
+        let e = unsafe { &*e };
+        if e.pc == lookup && e.tgid == tgid && e.generation == generation {
+            return e.row;
+        }
+    }
+    let mut row = UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 };
+    if let Some(p) = unsafe { PROC_UNWIND.get(&tgid) } {
+        if let Some(m) = find_mapping(p, lookup) {
+            if m.rows_len > 0 {
+                if let Some(r) = find_row(&m, lookup.wrapping_sub(m.bias) as u32) {
+                    row = r;
+                }
+            }
+        }
+    }
+    if let Some(e) = entry {
+        let e = unsafe { &mut *e };
+        e.pc = lookup;
+        e.tgid = tgid;
+        e.generation = generation;
+        e.row = row;
+    }
+    row
+}
+
 #[inline(always)]
 fn read(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
@@ -186,6 +224,9 @@ struct Walk {
     hash: u32,
     first_exact: u32,
     done: u32,
+    /// The process's mapping-list generation; 0: no tables (frame pointers only).
+    generation: u32,
+    _pad: u32,
 }
 
 /// Unwinds the current thread of process `tgid` from `regs` and returns the stack's id in
@@ -193,9 +234,13 @@ struct Walk {
 /// (a page fault), not a return address or the instruction after a syscall.
 #[inline(always)]
 pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
-    if unsafe { PROC_UNWIND.get(&tgid) }.is_none() {
-        count(Counter::UnwindNoTables);
-    }
+    let generation = match unsafe { PROC_UNWIND.get(&tgid) } {
+        Some(p) => p.generation,
+        None => {
+            count(Counter::UnwindNoTables);
+            0
+        }
+    };
     let mut w = Walk {
         pc: regs.ip,
         sp: regs.sp,
@@ -206,6 +251,8 @@ pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
         hash: 0x811c_9dc5,
         first_exact: first_exact as u32,
         done: 0,
+        generation,
+        _pad: 0,
     };
     unsafe {
         bpf_loop(
@@ -257,16 +304,11 @@ fn step_frame(w: &mut Walk) -> bool {
     w.hash = (w.hash ^ (pc as u32)).wrapping_mul(0x0100_0193);
     w.hash = (w.hash ^ ((pc >> 32) as u32)).wrapping_mul(0x0100_0193);
     let lookup = if i == 0 && w.first_exact != 0 { pc } else { pc.wrapping_sub(1) };
-    let mut row = UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 };
-    if let Some(p) = unsafe { PROC_UNWIND.get(&w.tgid) } {
-        if let Some(m) = find_mapping(p, lookup) {
-            if m.rows_len > 0 {
-                if let Some(r) = find_row(&m, lookup.wrapping_sub(m.bias) as u32) {
-                    row = r;
-                }
-            }
-        }
-    }
+    let row = if w.generation == 0 {
+        UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 }
+    } else {
+        cached_row(w.tgid, w.generation, lookup)
+    };
     let cfa = match row.cfa_kind {
         CFA_RSP => sp.wrapping_add(row.cfa_offset as i64 as u64),
         CFA_RBP => bp.wrapping_add(row.cfa_offset as i64 as u64),

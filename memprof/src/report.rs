@@ -199,6 +199,20 @@ pub struct StackQuality {
 }
 
 impl StackQuality {
+    /// One line for people: `stacks: 99.8% of live bytes with whole stacks (CFI walk), 2 of 40
+    /// stacks truncated`.
+    pub fn describe(&self) -> String {
+        match self.whole_bytes_share {
+            Some(share) => format!(
+                "{:.1}% of live bytes with whole stacks (CFI walk), {} of {} stacks truncated",
+                share * 100.0,
+                self.truncated_stacks,
+                self.stacks
+            ),
+            None => "frame-pointer walk (--unwind fp): completeness unknown".to_string(),
+        }
+    }
+
     /// Quality figures over `stacks`.
     pub fn of(stacks: &[StackReport], dwarf: bool) -> StackQuality {
         let live: u64 = stacks.iter().map(|s| s.bytes).sum();

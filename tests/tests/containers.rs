@@ -1,8 +1,8 @@
 //! Containers: `memprof --cgroup NAME` on a podman container whose processes run from the
 //! container's own rootfs (own glibc copy, jemalloc, mimalloc, a static musl executable), the
 //! name resolved through the Docker-compatible API (`DOCKER_HOST`); processes started inside the
-//! container after memprof attached; a process killed and started again. tcmalloc has a test of
-//! its own, ignored for now (see [`container_tcmalloc_variant`]).
+//! container after memprof attached; a process killed and started again; tcmalloc, whose
+//! frameless `mmap` wrapper needs the CFI unwinder ([`container_tcmalloc_variant`]).
 //!
 //! Needs root, podman and runc, gcc, musl-tools, libjemalloc-dev, libgoogle-perftools-dev,
 //! libmimalloc-dev, busybox-static (`cargo xtask setup`). Run serially: `cargo test -p memprof-tests --test containers --
@@ -492,26 +492,18 @@ fn container_by_name_with_own_libraries() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// a') tcmalloc, apart from a) until memprof attributes its mmap calls
+// a') tcmalloc: its own container
 // ---------------------------------------------------------------------------------------------
 
 /// Like a), for gperftools' tcmalloc (`/leaky-tcmalloc`, linked `-ltcmalloc_minimal`): two
 /// processes in one container, every site within 1 % summed over both, attached `malloc` and
 /// `free` probes on the container's libtcmalloc_minimal, and tcmalloc owning every leaked block.
 ///
-/// Ignored, because it fails on two sites, not for the malloc family: every malloc-family site
-/// (leak_malloc ... leak_pvalloc, `churn` at 0) is measured exactly, but `leak_mmap` and
-/// `leak_mmap_partial` measure 0 B. libtcmalloc_minimal interposes `mmap` (and `mmap64`,
-/// `munmap`, `mremap`) with a wrapper that runs its MallocHook hooks and makes the system call
-/// through libc's `syscall()`. That wrapper is built without frame pointers and keeps mmap's
-/// first argument (NULL here) in %rbp, so the frame-pointer walk of the user stack taken at
-/// `sys_enter_mmap` ends after two frames: `syscall` (libc) <- `mmap` (libtcmalloc_minimal). The
-/// bytes are all accounted for (every mapping, partial munmaps included, on that two-frame stack),
-/// just not under the site functions. For memprof to pass: take the stack of a program's mmap at
-/// the entry of an interposed `mmap` (a uprobe, where %rbp is still the caller's), or unwind
-/// without frame pointers. Run it with `-- --ignored container_tcmalloc_variant`.
+/// libtcmalloc_minimal interposes `mmap` with a wrapper built without frame pointers that keeps
+/// mmap's first argument (NULL) in %rbp: a frame-pointer walk (`--unwind fp`) ends after
+/// `syscall <- mmap` and the mmap sites measure 0 B. The default CFI unwinder walks through it,
+/// so this test also guards the `.eh_frame` walk inside a container.
 #[test]
-#[ignore = "tcmalloc's mmap wrapper (no frame pointer, %rbp = addr) cuts the stacks of the mmap sites to syscall <- mmap; see the doc comment"]
 fn container_tcmalloc_variant() {
     require_root();
     let _serial = serial();

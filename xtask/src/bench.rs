@@ -53,6 +53,8 @@ enum Profiler {
     None,
     Memprof,
     MemprofNoPlacement,
+    /// The frame-pointer walk instead of the CFI unwinder (what unwinding costs).
+    MemprofFp,
     MemprofSampled,
     MemprofRss,
     Memleak,
@@ -67,6 +69,7 @@ impl Profiler {
             Profiler::None => "none (baseline)",
             Profiler::Memprof => "memprof (exact)",
             Profiler::MemprofNoPlacement => "memprof --no-probe-placement",
+            Profiler::MemprofFp => "memprof --unwind fp",
             Profiler::MemprofSampled => "memprof --sample-bytes 524288",
             Profiler::MemprofRss => "memprof --mode rss",
             Profiler::Memleak => "memleak-bpfcc",
@@ -78,6 +81,7 @@ impl Profiler {
             Profiler::None => "none",
             Profiler::Memprof => "memprof",
             Profiler::MemprofNoPlacement => "memprof-noplace",
+            Profiler::MemprofFp => "memprof-fp",
             Profiler::MemprofSampled => "memprof-sampled",
             Profiler::MemprofRss => "memprof-rss",
             Profiler::Memleak => "memleak",
@@ -176,6 +180,9 @@ pub fn bench(quick: bool) -> Result<()> {
     let mut profilers = vec![Profiler::None, Profiler::Memprof];
     if help.contains("--no-probe-placement") {
         profilers.push(Profiler::MemprofNoPlacement);
+    }
+    if help.contains("--unwind") {
+        profilers.push(Profiler::MemprofFp);
     }
     if help.contains("--sample-bytes") {
         profilers.push(Profiler::MemprofSampled);
@@ -864,6 +871,9 @@ fn measure_once(
             &dir,
             &["--interval", "10s", "--no-probe-placement"],
         )?),
+        Profiler::MemprofFp => {
+            Some(start_memprof(s, pid, &dir, &["--interval", "10s", "--unwind", "fp"])?)
+        }
         Profiler::MemprofSampled => Some(start_memprof(
             s,
             pid,
@@ -1440,6 +1450,7 @@ fn report(
                     (
                         Profiler::Memprof
                         | Profiler::MemprofNoPlacement
+                        | Profiler::MemprofFp
                         | Profiler::MemprofSampled
                         | Profiler::MemprofRss,
                         Some(l),

@@ -540,6 +540,7 @@ fn details_section(page: &mut String, report: &Report) {
         page,
         "<section id=\"run\"><h2>Run</h2><dl>\
          <dt>lost events</dt><dd class=\"{}\">{}</dd>\
+         <dt>stacks</dt><dd class=\"{}\">{}</dd>\
          <dt>processes</dt><dd>{} traced, {alive} alive at the end</dd>\
          <dt>probes</dt><dd>{attached} of {} attached</dd>\
          <dt>snapshots</dt><dd>{}</dd></dl>\
@@ -551,6 +552,8 @@ fn details_section(page: &mut String, report: &Report) {
         } else {
             lost.join(", ")
         }),
+        if report.stack_quality.truncated_stacks > 0 { "bad" } else { "" },
+        escape(&report.stack_quality.describe()),
         report.processes.len(),
         report.probes.len(),
         report.snapshots.len(),

@@ -98,6 +98,9 @@ pub fn render_summary(report: &Report, top: usize) -> String {
         );
     }
 
+    if !report.stack_quality.unwinder.is_empty() {
+        let _ = writeln!(out, "stacks: {}", report.stack_quality.describe());
+    }
     let lost: Vec<String> = report
         .lost
         .iter()

@@ -83,6 +83,7 @@ impl Drop for RowArea {
 pub struct UnwindLoader {
     area: RowArea,
     objects: HashMap<(u32, u32, u64), Option<ObjectRows>>,
+    generation: u32,
     pub stats: UnwindStats,
 }
 
@@ -120,6 +121,7 @@ impl UnwindLoader {
                 used: 0,
             },
             objects: HashMap::new(),
+            generation: 0,
             stats: UnwindStats {
                 rows_capacity: capacity as u64,
                 ..Default::default()
@@ -161,7 +163,7 @@ impl UnwindLoader {
         }
         let mut value = Box::new(ProcUnwind {
             count: list.len() as u32,
-            _pad: 0,
+            generation: self.next_generation(),
             mappings: [ExecMapping::default(); MAX_EXEC_MAPPINGS],
         });
         value.mappings[..list.len()].copy_from_slice(&list);
@@ -176,6 +178,12 @@ impl UnwindLoader {
             }
             _ => warn!("BPF map PROC_UNWIND is missing"),
         }
+    }
+
+    /// A new generation for a rewritten mapping list (the kernel's row cache is keyed by it).
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        self.generation
     }
 
     /// Drops a process's mapping list (its objects' rows stay for other processes).
