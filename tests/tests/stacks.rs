@@ -473,6 +473,18 @@ fn node_js_function_names() {
     if !folded.lines().any(|l| l.contains("leakyHandler")) {
         failures.push("leaks.folded has no leakyHandler frame".into());
     }
+    // Mixed stacks (node's C++ without frame pointers, V8 builtins and JIT code with them) come
+    // out whole: down to `_start` through the JS frames.
+    let whole: Vec<&Value> = in_order.iter().copied().filter(|s| stack_is_whole(s)).collect();
+    if (bytes_of(&whole) as f64) < 0.9 * truth as f64 {
+        failures.push(format!(
+            "only {} B of the serveRequests → leakyHandler stacks are whole (truth {truth} B)",
+            bytes_of(&whole)
+        ));
+    }
+    if !whole.iter().any(|s| frames(s).first().is_some_and(|f| f.contains("_start"))) {
+        failures.push("no whole leakyHandler stack reaches _start".into());
+    }
     assert!(
         failures.is_empty(),
         "JavaScript frames are not right:\n  {}\nstacks:\n{stacks_text}",

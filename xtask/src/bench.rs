@@ -267,7 +267,29 @@ pub fn bench(quick: bool) -> Result<()> {
         live.push(r);
     }
 
-    let md = report(&s, &workloads, &results, &live, started.elapsed())?;
+    let (pairs, reps) = if quick { ("50000", "1") } else { ("200000", "3") };
+    eprintln!("xtask: bench: unwinding cost (bench/unwind_cost.sh {pairs} {reps})");
+    let unwind_table = Command::new("bash")
+        .arg(root.join("bench/unwind_cost.sh"))
+        .args([pairs, reps])
+        .env("MEMPROF_BIN", &s.memprof)
+        .output()
+        .context("running bench/unwind_cost.sh")?;
+    ensure!(
+        unwind_table.status.success(),
+        "bench/unwind_cost.sh failed: {}",
+        String::from_utf8_lossy(&unwind_table.stderr)
+    );
+    let mut md = report(&s, &workloads, &results, &live, started.elapsed())?;
+    md.push_str(&format!(
+        "\n## Unwinding\n\nWhat the stack walk costs per recorded allocation and how deep it gets \
+         (`bench/unwind_cost.sh {pairs} {reps}`, run by `cargo xtask bench`; `bench/deep.c`: \
+         malloc+free pairs at a given call depth, every allocation recorded; `-O2` builds with \
+         and without frame pointers). The CFI walk's extra cost over the frame-pointer walk is the \
+         difference between the two memprof rows of a depth; \"frames\" counts the leaking \
+         stack's frames (with `--unwind fp`, a build without frame pointers yields 1).\n\n{}\n",
+        String::from_utf8_lossy(&unwind_table.stdout).trim_end()
+    ));
     let path = root.join("BENCHMARKS.md");
     fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");

@@ -213,6 +213,7 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     "pkg-config",
     "binutils",
+    "xz-utils",
     "gzip",
     // report.html is opened in headless Chromium; profile.pb.gz is decoded with protoc (an
     // independent decoder) against the upstream profile.proto.
