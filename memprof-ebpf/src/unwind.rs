@@ -56,6 +56,9 @@ use core::ffi::c_void;
 
 use crate::alloc::NO_STACK;
 
+/// The row of code without CFI: step with the frame pointer.
+const NO_CFI: UnwindRow = UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 };
+
 /// Registers the walk starts from.
 #[derive(Clone, Copy)]
 pub struct Regs {
@@ -186,7 +189,7 @@ fn cached_row(tgid: u32, generation: u32, lookup: u64) -> UnwindRow {
             return e.row;
         }
     }
-    let mut row = UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 };
+    let mut row = NO_CFI;
     if let Some(p) = unsafe { PROC_UNWIND.get(&tgid) } {
         if let Some(m) = find_mapping(p, lookup) {
             if m.rows_len > 0 {
@@ -305,7 +308,7 @@ fn step_frame(w: &mut Walk) -> bool {
     w.hash = (w.hash ^ ((pc >> 32) as u32)).wrapping_mul(0x0100_0193);
     let lookup = if i == 0 && w.first_exact != 0 { pc } else { pc.wrapping_sub(1) };
     let row = if w.generation == 0 {
-        UnwindRow { pc: 0, cfa_offset: 0, rbp_offset: 0, cfa_kind: CFA_NONE, rbp_rule: 0 }
+        NO_CFI
     } else {
         cached_row(w.tgid, w.generation, lookup)
     };
