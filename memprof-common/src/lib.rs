@@ -5,6 +5,8 @@
 //! userspace can read them straight out of BPF maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod python;
+pub mod runtime;
 pub mod sampling;
 pub mod unwind;
 
@@ -27,10 +29,15 @@ pub enum AllocKind {
     Mmap = 9,
     /// `--mode rss`: a page made resident by a page fault.
     Page = 10,
+    /// CPython's object allocator (`_PyObject_Malloc(ctx, n)` and the like, reached through the
+    /// `PyObject_*` and `PyMem_*` domains): its functions take a context first.
+    PyMalloc = 11,
+    PyCalloc = 12,
+    PyRealloc = 13,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 11] = [
+    pub const ALL: [AllocKind; 14] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -42,6 +49,9 @@ impl AllocKind {
         AllocKind::Pvalloc,
         AllocKind::Mmap,
         AllocKind::Page,
+        AllocKind::PyMalloc,
+        AllocKind::PyCalloc,
+        AllocKind::PyRealloc,
     ];
 
     pub const fn from_u32(v: u32) -> Option<AllocKind> {
@@ -66,6 +76,9 @@ impl AllocKind {
             AllocKind::Pvalloc => "pvalloc",
             AllocKind::Mmap => "mmap",
             AllocKind::Page => "page",
+            AllocKind::PyMalloc => "PyObject_Malloc",
+            AllocKind::PyCalloc => "PyObject_Calloc",
+            AllocKind::PyRealloc => "PyObject_Realloc",
         }
     }
 }
@@ -183,6 +196,9 @@ pub enum MemEventKind {
     /// `--mode rss`: a released range too large to walk in the kernel ([`RSS_RELEASE_PAGES_MAX`]):
     /// userspace retires its pages.
     RangeReleased = 7,
+    /// A new stack with runtime frames was stored (`stack_id`): userspace names its runtime
+    /// frames at once, while the process's memory can still be read.
+    NewStack = 8,
 }
 
 /// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
@@ -256,12 +272,26 @@ pub enum Counter {
     StacksUnwound = 19,
     /// `--unwind dwarf`: stacks the unwinder could not follow to the outermost frame.
     StacksTruncated = 20,
+    /// Activations of a Python eval loop the native walk passed and the Python walker handled.
+    PyActivations = 21,
+    /// Python frames recorded.
+    PyFrames = 22,
+    /// Python walk failed: the thread's `PyThreadState` was NULL or unreadable (native frames
+    /// kept).
+    PyNoThreadState = 23,
+    /// Python walk failed: a frame (or `_PyCFrame`) was unreadable (native frames kept).
+    PyReadFailed = 24,
+    /// Python frames whose activation did not match the native stack (an eval activation the
+    /// native walk did not recognise): placed next to the nearest one, or left out.
+    PyMisaligned = 25,
+    /// Python frames cut by the stack depth limit.
+    PyTruncated = 26,
 }
 
-pub const COUNTER_COUNT: u32 = 24;
+pub const COUNTER_COUNT: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 27] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -283,6 +313,12 @@ impl Counter {
         Counter::UnwindNoTables,
         Counter::StacksUnwound,
         Counter::StacksTruncated,
+        Counter::PyActivations,
+        Counter::PyFrames,
+        Counter::PyNoThreadState,
+        Counter::PyReadFailed,
+        Counter::PyMisaligned,
+        Counter::PyTruncated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -308,6 +344,12 @@ impl Counter {
             Counter::UnwindNoTables => "unwind_no_tables",
             Counter::StacksUnwound => "stacks_unwound",
             Counter::StacksTruncated => "stacks_truncated",
+            Counter::PyActivations => "python_activations",
+            Counter::PyFrames => "python_frames",
+            Counter::PyNoThreadState => "python_walk_failed_no_thread_state",
+            Counter::PyReadFailed => "python_walk_failed_read",
+            Counter::PyMisaligned => "python_walk_failed_misaligned",
+            Counter::PyTruncated => "python_walk_failed_depth",
         }
     }
 

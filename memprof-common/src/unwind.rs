@@ -7,8 +7,9 @@
 //! in 32 bits for every object we table) and live in one big array shared by all processes; a
 //! process's [`ProcUnwind`] maps its executable mappings to their slice of that array.
 
-/// Deepest stack the kernel-side unwinder records.
-pub const UNWIND_MAX_DEPTH: usize = 64;
+/// Slots of a recorded stack: a native frame takes one, a runtime frame two (see
+/// [`crate::runtime`]). The native walk takes at most this many steps.
+pub const UNWIND_MAX_DEPTH: usize = 128;
 
 /// CFA = `%rsp` + `cfa_offset`.
 pub const CFA_RSP: u8 = 0;
@@ -104,6 +105,11 @@ pub const STACK_TRUNC_UNSUPPORTED: u32 = 1 << 4;
 pub const STACK_USED_FP: u32 = 1 << 5;
 /// The first address is the exact instruction (page fault, syscall), not a return address.
 pub const STACK_FIRST_EXACT: u32 = 1 << 6;
+/// A runtime walk failed at some activation: its native frame was kept instead.
+pub const STACK_RT_FAILED: u32 = 1 << 7;
+/// Runtime frames did not line up with the native stack: some were placed next to the nearest
+/// activation, or left out.
+pub const STACK_RT_MISALIGNED: u32 = 1 << 8;
 /// Truncation flags.
 pub const STACK_TRUNCATED: u32 =
     STACK_TRUNC_DEPTH | STACK_TRUNC_READ | STACK_TRUNC_NO_INFO | STACK_TRUNC_UNSUPPORTED;
@@ -115,7 +121,8 @@ pub struct UnwoundStack {
     pub len: u32,
     /// `STACK_*` flags.
     pub flags: u32,
-    /// Leaf first.
+    /// Leaf first: native addresses, and runtime frames (two slots each, see
+    /// [`crate::runtime`]).
     pub ips: [u64; UNWIND_MAX_DEPTH],
 }
 

@@ -170,6 +170,27 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// CPython's object allocator, `_PyObject_Malloc(void *ctx, size_t n)`: the functions the
+/// `PyObject_*`/`PyMem_*` domains point at take a context first.
+#[uprobe]
+pub fn pymalloc_malloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::PyMalloc, arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn pymalloc_calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    let _ = enter(&ctx, AllocKind::PyCalloc, size, 0);
+    0
+}
+
+#[uprobe]
+pub fn pymalloc_realloc_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, AllocKind::PyRealloc, arg(&ctx, 2), arg(&ctx, 1));
+    0
+}
+
 /// One return probe serves every allocation function; the in-flight record says which.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
@@ -221,7 +242,7 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
             }
             unsafe { bpf_probe_read_user(call.aux as *const u64) }.unwrap_or(0)
         }
-        AllocKind::Realloc | AllocKind::Reallocarray => {
+        AllocKind::Realloc | AllocKind::Reallocarray | AllocKind::PyRealloc => {
             let old = call.aux;
             if ret == 0 {
                 if call.size == 0 && old != 0 {

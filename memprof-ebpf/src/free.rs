@@ -14,13 +14,26 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// CPython's `_PyObject_Free(void *ctx, void *p)`.
+#[uprobe]
+pub fn pymalloc_free_enter(ctx: ProbeContext) -> u32 {
+    let _ = try_free(&ctx, 1);
+    0
+}
+
 #[inline(always)]
 fn try_free_enter(ctx: &ProbeContext) -> Result<(), i64> {
+    try_free(ctx, 0)
+}
+
+/// Frees the block in argument `n`.
+#[inline(always)]
+fn try_free(ctx: &ProbeContext, n: usize) -> Result<(), i64> {
     let id = current();
     if !in_scope(id) {
         return Ok(());
     }
-    let addr: u64 = ctx.arg(0).unwrap_or(0);
+    let addr: u64 = ctx.arg(n).unwrap_or(0);
     if addr != 0 {
         free_block(id_tgid(id), addr, None);
     }

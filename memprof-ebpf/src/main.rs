@@ -1,7 +1,9 @@
 //! memprof's kernel side: probes on the allocator functions and the mmap family of syscalls.
 //!
 //! Each program is a thin wrapper around a `try_*` function; the logic lives in [`alloc`],
-//! [`free`] and [`mmap`], the maps in [`maps`] and the target filter in [`scope`].
+//! [`free`] and [`mmap`], the maps in [`maps`] and the target filter in [`scope`]. Stacks are
+//! walked by [`unwind`], which hands interpreter loops to the runtime walkers ([`runtime`],
+//! [`python`]).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -12,7 +14,9 @@ mod free;
 mod maps;
 mod mmap;
 mod process;
+mod python;
 mod rss;
+mod runtime;
 mod scope;
 mod unwind;
 

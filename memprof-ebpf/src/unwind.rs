@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use memprof_common::{
-    Counter,
+    Counter, MemEvent, MemEventKind,
     unwind::{
         CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, ExecMapping, MAX_EXEC_MAPPINGS, ProcUnwind,
         ROW_CACHE_ENTRIES, RowCacheEntry,
@@ -28,7 +28,12 @@ use memprof_common::{
     },
 };
 
-use crate::maps::count;
+use memprof_common::runtime::USER_ADDR_LIMIT;
+
+use crate::{
+    maps::count,
+    runtime::{self, RtWalk},
+};
 
 /// CFI rows of every tabled object, written by userspace through a shared mapping.
 #[map]
@@ -50,7 +55,20 @@ static ROW_CACHE: PerCpuArray<RowCacheEntry> = PerCpuArray::with_max_entries(ROW
 
 /// The stack being built (too big for the BPF stack).
 #[map]
-static SCRATCH: PerCpuArray<UnwoundStack> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<UnwoundStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// The walk's state. In a map rather than on the BPF stack: the verifier does not track the
+/// values of map memory, so the per-frame callbacks are checked once instead of once per
+/// combination of walk states (on the stack, the walker and the runtime walkers together went
+/// past its 1M-instruction limit).
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's walk state (programs do not nest on one CPU).
+#[inline(always)]
+pub fn walk_state() -> Option<&'static mut Walk> {
+    WALK.get_ptr_mut(0).map(|w| unsafe { &mut *w })
+}
 
 use core::ffi::c_void;
 
@@ -215,21 +233,50 @@ fn read(addr: u64) -> Option<u64> {
 }
 
 /// The walk's state, shared with the per-frame callback of `bpf_loop` (a loop the verifier
-/// checks once, not once per frame).
+/// checks once, not once per frame) and with the runtime walkers.
 #[repr(C)]
-struct Walk {
-    pc: u64,
-    sp: u64,
-    bp: u64,
-    tgid: u32,
-    flags: u32,
-    len: u32,
-    hash: u32,
-    first_exact: u32,
-    done: u32,
+pub struct Walk {
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub tgid: u32,
+    pub flags: u32,
+    /// Slots recorded.
+    pub len: u32,
+    pub hash: u32,
+    pub first_exact: u32,
+    pub done: u32,
     /// The process's mapping-list generation; 0: no tables (frame pointers only).
-    generation: u32,
-    _pad: u32,
+    pub generation: u32,
+    /// Native frames stepped.
+    pub steps: u32,
+    /// The runtime walkers' state (see `runtime.rs`).
+    pub rt: RtWalk,
+}
+
+/// Appends one slot; false (and the depth flag) when the stack is full.
+#[inline(always)]
+pub fn push(w: &mut Walk, st: &mut UnwoundStack, v: u64) -> bool {
+    let i = w.len as usize;
+    if i >= UNWIND_MAX_DEPTH {
+        w.flags |= STACK_TRUNC_DEPTH;
+        return false;
+    }
+    st.ips[i & (UNWIND_MAX_DEPTH - 1)] = v;
+    w.len = i as u32 + 1;
+    w.hash = (w.hash ^ (v as u32)).wrapping_mul(0x0100_0193);
+    w.hash = (w.hash ^ ((v >> 32) as u32)).wrapping_mul(0x0100_0193);
+    true
+}
+
+/// Appends a runtime frame (two slots), or nothing (and the depth flag) when they do not fit.
+#[inline(always)]
+pub fn push2(w: &mut Walk, st: &mut UnwoundStack, a: u64, b: u64) -> bool {
+    if w.len as usize + 2 > UNWIND_MAX_DEPTH {
+        w.flags |= STACK_TRUNC_DEPTH;
+        return false;
+    }
+    push(w, st, a) && push(w, st, b)
 }
 
 /// Unwinds the current thread of process `tgid` from `regs` and returns the stack's id in
@@ -244,7 +291,8 @@ pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
             0
         }
     };
-    let mut w = Walk {
+    let Some(w) = walk_state() else { return NO_STACK };
+    *w = Walk {
         pc: regs.ip,
         sp: regs.sp,
         bp: regs.bp,
@@ -255,19 +303,23 @@ pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
         first_exact: first_exact as u32,
         done: 0,
         generation,
-        _pad: 0,
+        steps: 0,
+        rt: RtWalk::empty(),
     };
+    runtime::begin(tgid, &mut w.rt);
     unsafe {
         bpf_loop(
             UNWIND_MAX_DEPTH as u32,
             step as *mut c_void,
-            (&raw mut w).cast(),
+            core::ptr::null_mut(),
             0,
         )
     };
     if w.done == 0 {
         w.flags |= STACK_TRUNC_DEPTH;
     }
+    let complete = w.done != 0;
+    runtime::end(w, complete);
     let Some(st) = SCRATCH.get_ptr_mut(0) else { return NO_STACK };
     let st = unsafe { &mut *st };
     st.len = w.len;
@@ -276,13 +328,14 @@ pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
     if w.flags & STACK_TRUNCATED != 0 {
         count(Counter::StacksTruncated);
     }
-    store(st, w.hash)
+    let announce = w.rt.state == runtime::RT_STARTED;
+    store(st, w.hash, tgid, announce)
 }
 
 /// `bpf_loop` callback: one frame. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = walk_state() else { return 1 };
     if step_frame(w) {
         0
     } else {
@@ -291,57 +344,50 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Records the current frame and steps to its caller; false when the walk ends here.
+/// Records the current frame (or, for a runtime's interpreter loop, the frames it runs) and
+/// steps to its caller; false when the walk ends here.
 #[inline(always)]
 fn step_frame(w: &mut Walk) -> bool {
     let Some(st) = SCRATCH.get_ptr_mut(0) else { return false };
     let st = unsafe { &mut *st };
-    let i = w.len as usize;
-    if i >= UNWIND_MAX_DEPTH {
-        w.flags |= STACK_TRUNC_DEPTH;
-        return false;
-    }
     let (pc, sp, mut bp) = (w.pc, w.sp, w.bp);
-    st.ips[i & (UNWIND_MAX_DEPTH - 1)] = pc;
-    w.len = i as u32 + 1;
-    w.hash = (w.hash ^ (pc as u32)).wrapping_mul(0x0100_0193);
-    w.hash = (w.hash ^ ((pc >> 32) as u32)).wrapping_mul(0x0100_0193);
-    let lookup = if i == 0 && w.first_exact != 0 { pc } else { pc.wrapping_sub(1) };
+    let lookup = if w.steps == 0 && w.first_exact != 0 { pc } else { pc.wrapping_sub(1) };
+    w.steps += 1;
     let row = if w.generation == 0 {
         NO_CFI
     } else {
         cached_row(w.tgid, w.generation, lookup)
     };
-    let cfa = match row.cfa_kind {
-        CFA_RSP => sp.wrapping_add(row.cfa_offset as i64 as u64),
-        CFA_RBP => bp.wrapping_add(row.cfa_offset as i64 as u64),
+    // This frame's CFA, or how the walk ends at this frame.
+    let (cfa, end) = match row.cfa_kind {
+        CFA_RSP => (sp.wrapping_add(row.cfa_offset as i64 as u64), 0),
+        CFA_RBP => (bp.wrapping_add(row.cfa_offset as i64 as u64), 0),
         CFA_PLT => {
             let extra = if (pc & 15) >= row.cfa_offset as u64 { 8 } else { 0 };
-            sp.wrapping_add(8 + extra)
+            (sp.wrapping_add(8 + extra), 0)
         }
-        CFA_END => {
-            w.flags |= STACK_COMPLETE;
-            return false;
-        }
+        CFA_END => (sp, STACK_COMPLETE),
         CFA_NONE => {
             // No CFI here: follow the frame pointer. A zero one ends the chain (the outermost
             // frame of code built with frame pointers).
             if bp == 0 {
-                w.flags |= STACK_COMPLETE;
-                return false;
+                (sp, STACK_COMPLETE)
+            } else if bp < sp || bp & 7 != 0 {
+                (sp, STACK_TRUNC_NO_INFO)
+            } else {
+                w.flags |= STACK_USED_FP;
+                (bp.wrapping_add(16), 0)
             }
-            if bp < sp || bp & 7 != 0 {
-                w.flags |= STACK_TRUNC_NO_INFO;
-                return false;
-            }
-            w.flags |= STACK_USED_FP;
-            bp.wrapping_add(16)
         }
-        _ => {
-            w.flags |= STACK_TRUNC_UNSUPPORTED;
-            return false;
-        }
+        _ => (sp, STACK_TRUNC_UNSUPPORTED),
     };
+    if !runtime::at_frame(w, st, lookup, sp, cfa) && !push(w, st, pc) {
+        return false;
+    }
+    if end != 0 {
+        w.flags |= end;
+        return false;
+    }
     let Some(ra) = read(cfa.wrapping_sub(8)) else {
         w.flags |= if row.cfa_kind == CFA_NONE { STACK_TRUNC_NO_INFO } else { STACK_TRUNC_READ };
         return false;
@@ -368,15 +414,21 @@ fn step_frame(w: &mut Walk) -> bool {
         w.flags |= STACK_COMPLETE;
         return false;
     }
+    if ra >= USER_ADDR_LIMIT {
+        // Not a user address (and never to be confused with a runtime frame's tag).
+        w.flags |= STACK_TRUNC_NO_INFO;
+        return false;
+    }
     w.sp = cfa;
     w.pc = ra;
     w.bp = bp;
     true
 }
 
-/// Stores the stack under its hash (the next free or equal slot on collisions).
+/// Stores the stack under its hash (the next free or equal slot on collisions). `announce`: a
+/// new stack is announced to userspace (it has runtime frames to name while the process lives).
 #[inline(always)]
-fn store(st: &UnwoundStack, hash: u32) -> u32 {
+fn store(st: &UnwoundStack, hash: u32, tgid: u32, announce: bool) -> u32 {
     let mut id = hash & 0x7fff_ffff;
     for _ in 0..4 {
         match unsafe { USTACKS.get(&id) } {
@@ -388,6 +440,12 @@ fn store(st: &UnwoundStack, hash: u32) -> u32 {
             }
             None => {
                 if USTACKS.insert(&id, st, BPF_NOEXIST as u64).is_ok() {
+                    if announce {
+                        crate::mmap::emit(MemEvent {
+                            stack_id: id as i64,
+                            ..crate::mmap::event(MemEventKind::NewStack, tgid)
+                        });
+                    }
                     return id;
                 }
                 // Raced with another CPU storing this id: it may be this very stack.

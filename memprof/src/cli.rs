@@ -73,6 +73,11 @@ pub struct Opt {
     #[arg(long, default_value_t = 1 << 21, value_parser = clap::value_parser!(u32).range(1024..))]
     pub unwind_rows: u32,
 
+    /// Leave Python alone: no Python frames in the stacks (they show as the interpreter's C
+    /// functions) and no probes on Python's object allocator.
+    #[arg(long)]
+    pub no_python: bool,
+
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

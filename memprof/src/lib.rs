@@ -10,6 +10,7 @@ pub mod collect;
 pub mod output;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod symbolize;
 pub mod target;
 pub mod tracefs;

@@ -179,6 +179,61 @@ pub struct Report {
     pub stack_quality: StackQuality,
     /// How each object that appears in a stack was symbolized.
     pub modules: Vec<crate::symbolize::ModuleSymbols>,
+    /// Interpreters found in the target's processes (Python) and how their frames were read.
+    pub runtimes: RuntimesInfo,
+    /// Live memory by the innermost runtime (Python) function of each stack.
+    pub functions: Vec<crate::analyze::functions::FunctionReport>,
+}
+
+/// Runtimes (Python) in the target: per process, whether its frames are in the stacks and why
+/// not; the kernel walker's counters; frames that could not be named.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RuntimesInfo {
+    pub processes: Vec<crate::runtime::RuntimeProcess>,
+    /// Activations of Python's eval loop the native walks passed and the Python walker handled.
+    pub python_activations: u64,
+    /// Python frames recorded.
+    pub python_frames: u64,
+    /// Python walks that failed, by reason (`no_thread_state`, `read`, `misaligned`, `depth`):
+    /// their stacks keep the interpreter's native frames there.
+    pub python_walk_failed: BTreeMap<String, u64>,
+    /// Runtime frames recorded but not named (the code object could not be read), by reason.
+    pub unnamed_frames: BTreeMap<String, u64>,
+}
+
+impl RuntimesInfo {
+    /// One line for the terminal and the report, when there is any runtime.
+    pub fn describe(&self) -> Option<String> {
+        if self.processes.is_empty() {
+            return None;
+        }
+        let walked: Vec<&crate::runtime::RuntimeProcess> = self.processes.iter().filter(|p| p.frames == "walked").collect();
+        let mut versions: Vec<&str> = walked.iter().map(|p| p.version.as_str()).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut line = format!(
+            "python: frames read in {} of {} processes{}",
+            walked.len(),
+            self.processes.len(),
+            if versions.is_empty() { String::new() } else { format!(" (CPython {})", versions.join(", ")) }
+        );
+        let failed: u64 = self.python_walk_failed.values().sum();
+        if failed > 0 {
+            line.push_str(&format!("; {failed} Python walks failed (native frames kept)"));
+        }
+        for p in self.processes.iter().filter(|p| p.frames != "walked").take(3) {
+            line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));
+        }
+        let objects: Vec<&str> = walked.iter().filter_map(|p| p.details.get("object_allocator")).map(String::as_str).collect();
+        if let Some(o) = objects.first() {
+            if o.starts_with("not probed") {
+                line.push_str("; Python objects are counted as the pymalloc arenas holding them (object allocator inlined by an optimised build)");
+            } else {
+                line.push_str("; Python objects tracked one by one");
+            }
+        }
+        Some(line)
+    }
 }
 
 /// Stack completeness over the run's live stacks.

@@ -652,7 +652,7 @@ fn output_of(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -662,7 +662,10 @@ fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to its end with its output collected; kills it (its own PID) after `timeout`.
-fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<std::process::Output> {
+pub(crate) fn output_with_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<std::process::Output> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
@@ -725,10 +728,10 @@ impl Drop for TempDir {
 }
 
 /// An exclusive `flock` on a file, released on drop (test binaries may run side by side).
-struct FileLock(fs::File);
+pub(crate) struct FileLock(fs::File);
 
 impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock> {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock> {
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -773,7 +776,8 @@ pub fn container_name(base: &str) -> String {
 pub struct Container {
     name: String,
     id: String,
-    out_dir: Option<PathBuf>,
+    /// Set by [`Self::with_fixtures`] (and by `python.rs` for its interpreter containers).
+    pub(crate) out_dir: Option<PathBuf>,
 }
 
 impl Container {

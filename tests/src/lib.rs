@@ -40,6 +40,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 pub mod container;
+pub mod python;
 
 /// How long memprof may take to attach its probes.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);

@@ -49,7 +49,7 @@ const GOAL_SNAPSHOT_S: f64 = 1.0;
 const GOAL_RSS_MODE_RATIO: f64 = 1.05;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Profiler {
+pub(crate) enum Profiler {
     None,
     Memprof,
     MemprofNoPlacement,
@@ -147,18 +147,18 @@ struct LiveSample {
     notes: Vec<String>,
 }
 
-struct Setup {
-    quick: bool,
-    cycles: u64,
-    reps: usize,
-    bin: PathBuf,
-    memprof: PathBuf,
-    runs: PathBuf,
-    profilers: Vec<Profiler>,
-    memleak: Result<Memleak, String>,
+pub(crate) struct Setup {
+    pub(crate) quick: bool,
+    pub(crate) cycles: u64,
+    pub(crate) reps: usize,
+    pub(crate) bin: PathBuf,
+    pub(crate) memprof: PathBuf,
+    pub(crate) runs: PathBuf,
+    pub(crate) profilers: Vec<Profiler>,
+    pub(crate) memleak: Result<Memleak, String>,
 }
 
-struct Memleak {
+pub(crate) struct Memleak {
     /// The interpreter of memleak-bpfcc's `#!` line.
     python: PathBuf,
     /// `bench/memleak_shim.py`, which runs `program` with a bcc bug worked around.
@@ -290,6 +290,7 @@ pub fn bench(quick: bool) -> Result<()> {
          stack's frames (with `--unwind fp`, a build without frame pointers yields 1).\n\n{}\n",
         String::from_utf8_lossy(&unwind_table.stdout).trim_end()
     ));
+    md.push_str(&crate::bench_python::sections(&s));
     let path = root.join("BENCHMARKS.md");
     fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");
@@ -391,13 +392,13 @@ fn find_program(name: &str) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 
 /// A line from a child's output, with its arrival time.
-struct Line {
-    wall: SystemTime,
-    text: String,
+pub(crate) struct Line {
+    pub(crate) wall: SystemTime,
+    pub(crate) text: String,
 }
 
 /// Copies `reader` line by line into `log` and to `tx`.
-fn pump(reader: impl Read + Send + 'static, tx: Sender<Line>, mut log: File) {
+pub(crate) fn pump(reader: impl Read + Send + 'static, tx: Sender<Line>, mut log: File) {
     thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
             let wall = SystemTime::now();
@@ -409,14 +410,14 @@ fn pump(reader: impl Read + Send + 'static, tx: Sender<Line>, mut log: File) {
 
 /// A child process reaped with wait4 (for its rusage); killed by its own PID and reaped on drop
 /// when it is still ours.
-struct Proc {
-    _child: Child,
-    pid: libc::pid_t,
-    reaped: Option<(i32, libc::rusage)>,
+pub(crate) struct Proc {
+    pub(crate) _child: Child,
+    pub(crate) pid: libc::pid_t,
+    pub(crate) reaped: Option<(i32, libc::rusage)>,
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Result<Proc> {
+    pub(crate) fn spawn(cmd: &mut Command) -> Result<Proc> {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", describe(cmd)))?;
@@ -428,7 +429,7 @@ impl Proc {
     }
 
     /// Reaps the child if it has exited.
-    fn try_reap(&mut self) -> bool {
+    pub(crate) fn try_reap(&mut self) -> bool {
         if self.reaped.is_some() {
             return true;
         }
@@ -444,7 +445,7 @@ impl Proc {
         }
     }
 
-    fn wait_timeout(&mut self, limit: Duration) -> bool {
+    pub(crate) fn wait_timeout(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if self.try_reap() {
@@ -457,7 +458,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: libc::c_int) {
+    pub(crate) fn signal(&self, sig: libc::c_int) {
         if self.reaped.is_none() {
             // SAFETY: kill(2) on our own child, not yet reaped (its PID cannot be reused).
             unsafe { libc::kill(self.pid, sig) };
@@ -465,14 +466,14 @@ impl Proc {
     }
 
     /// Ends it (SIGKILL) and reaps it if it is still there.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if !self.try_reap() {
             self.signal(libc::SIGKILL);
             self.wait_timeout(Duration::from_secs(10));
         }
     }
 
-    fn exit_description(&self) -> String {
+    pub(crate) fn exit_description(&self) -> String {
         match self.reaped {
             Some((st, _)) if libc::WIFEXITED(st) => format!("exit code {}", libc::WEXITSTATUS(st)),
             Some((st, _)) if libc::WIFSIGNALED(st) => format!("signal {}", libc::WTERMSIG(st)),
@@ -481,7 +482,7 @@ impl Proc {
         }
     }
 
-    fn exited_ok(&self) -> bool {
+    pub(crate) fn exited_ok(&self) -> bool {
         matches!(self.reaped, Some((st, _)) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0)
     }
 }
@@ -494,7 +495,7 @@ impl Drop for Proc {
 
 /// Restores the default SIGINT disposition in a child (an ignored SIGINT is inherited, and
 /// Python then never raises KeyboardInterrupt).
-fn default_sigint(cmd: &mut Command) {
+pub(crate) fn default_sigint(cmd: &mut Command) {
     // SAFETY: signal(2) is async-signal-safe; nothing is allocated.
     unsafe {
         cmd.pre_exec(|| {
@@ -515,7 +516,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// utime + stime of a process (all its threads), from /proc/PID/stat.
-fn proc_cpu_s(pid: libc::pid_t) -> Option<f64> {
+pub(crate) fn proc_cpu_s(pid: libc::pid_t) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -525,7 +526,7 @@ fn proc_cpu_s(pid: libc::pid_t) -> Option<f64> {
 }
 
 /// A `kB` field of /proc/PID/status (VmHWM, VmRSS).
-fn proc_status_kib(pid: libc::pid_t, key: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(pid: libc::pid_t, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         let v = l.strip_prefix(key)?.strip_prefix(':')?;
@@ -535,7 +536,7 @@ fn proc_status_kib(pid: libc::pid_t, key: &str) -> Option<u64> {
 
 /// Profiler processes this bench did not start (other sessions' memprof or memleak runs): they
 /// compete for the CPUs.
-fn foreign_profilers(ours: &[libc::pid_t]) -> Vec<libc::pid_t> {
+pub(crate) fn foreign_profilers(ours: &[libc::pid_t]) -> Vec<libc::pid_t> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -560,15 +561,15 @@ fn perf_event_fds(pid: libc::pid_t) -> usize {
         .unwrap_or(0)
 }
 
-fn rusage_cpu_s(ru: &libc::rusage) -> f64 {
+pub(crate) fn rusage_cpu_s(ru: &libc::rusage) -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// A started, paused workload.
-struct Target {
-    proc: Proc,
-    lines: Receiver<Line>,
+pub(crate) struct Target {
+    pub(crate) proc: Proc,
+    pub(crate) lines: Receiver<Line>,
 }
 
 fn start_workload(bin: &Path, arg: u64, dir: &Path) -> Result<Target> {
@@ -598,7 +599,7 @@ fn start_workload(bin: &Path, arg: u64, dir: &Path) -> Result<Target> {
 }
 
 impl Target {
-    fn go(&self) {
+    pub(crate) fn go(&self) {
         self.proc.signal(libc::SIGUSR1);
     }
 
@@ -639,9 +640,9 @@ fn get<T: std::str::FromStr>(kv: &BTreeMap<String, String>, key: &str) -> Result
 }
 
 /// A profiler attached to a workload.
-struct Attached {
-    proc: Proc,
-    lines: Receiver<Line>,
+pub(crate) struct Attached {
+    pub(crate) proc: Proc,
+    pub(crate) lines: Receiver<Line>,
     /// Every line seen so far (for error messages).
     seen: Vec<String>,
     /// When its "attached" line came (memprof).
@@ -679,7 +680,7 @@ impl Attached {
     }
 
     /// The most telling line of its output so far.
-    fn reason(&mut self) -> String {
+    pub(crate) fn reason(&mut self) -> String {
         while let Ok(l) = self.lines.try_recv() {
             self.seen.push(l.text);
         }
@@ -701,7 +702,7 @@ impl Attached {
     }
 }
 
-fn start_memprof(s: &Setup, pid: libc::pid_t, dir: &Path, extra: &[&str]) -> Result<Attached> {
+pub(crate) fn start_memprof(s: &Setup, pid: libc::pid_t, dir: &Path, extra: &[&str]) -> Result<Attached> {
     let out = dir.join("out");
     let mut cmd = Command::new(&s.memprof);
     cmd.arg("--pid")
@@ -814,7 +815,7 @@ fn start_memleak(m: &Memleak, pid: libc::pid_t, dir: &Path) -> Result<Attached> 
 
 /// memprof's lost-event counters (summary.json `lost`), without the two that count probes and
 /// tracepoints rather than events; `detail` names the non-zero ones.
-fn memprof_lost(summary: &Path) -> Result<(u64, u64, String, serde_like::Value)> {
+pub(crate) fn memprof_lost(summary: &Path) -> Result<(u64, u64, String, serde_like::Value)> {
     let text =
         fs::read_to_string(summary).with_context(|| format!("reading {}", summary.display()))?;
     let v = serde_like::parse(&text).map_err(|e| anyhow!("{}: {e}", summary.display()))?;
@@ -1095,7 +1096,7 @@ fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn median(v: &mut [f64]) -> Option<f64> {
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -1113,11 +1114,11 @@ fn med_of<T>(xs: &[&T], f: impl Fn(&T) -> Option<f64>) -> Option<f64> {
     median(&mut v)
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn si(x: f64) -> String {
+pub(crate) fn si(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2} M", x / 1e6)
     } else if x >= 1e3 {
@@ -1127,13 +1128,13 @@ fn si(x: f64) -> String {
     }
 }
 
-fn sh(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn sh(cmd: &str, args: &[&str]) -> String {
     output_of(Command::new(cmd).args(args))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "?".into())
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -1575,7 +1576,7 @@ fn report(
 }
 
 /// The distinct notes of a row's runs, each with "(k of n runs)" unless every run had it.
-fn merge_notes<'a>(runs: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
+pub(crate) fn merge_notes<'a>(runs: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
     let mut seen: Vec<(String, usize)> = Vec::new();
     let mut n = 0;
     for notes in runs {
@@ -1598,7 +1599,7 @@ fn merge_notes<'a>(runs: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
         .collect()
 }
 
-fn md_cell(s: &str) -> String {
+pub(crate) fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -1606,7 +1607,7 @@ fn md_cell(s: &str) -> String {
 // A minimal JSON reader (xtask stays free of serde): enough for memprof's summary.json.
 // ---------------------------------------------------------------------------------------------
 
-mod serde_like {
+pub(crate) mod serde_like {
     #[derive(Debug, Clone)]
     #[allow(dead_code)] // every JSON value is read, not every one is looked at
     pub enum Value {

@@ -3,6 +3,7 @@
 //! Kept light on purpose: no dependency on the memprof crates.
 
 mod bench;
+mod bench_python;
 
 use std::{
     fs,
@@ -41,11 +42,16 @@ enum Task {
     /// Profile a leaking demo program in its own cgroup for 20 s (root needed).
     Demo,
     /// Setup, build, then measure memprof's cost next to no profiler and memleak-bpfcc
-    /// (installed if missing) and write BENCHMARKS.md (root needed).
+    /// (installed if missing), and on Python next to memray (from PyPI) and tracemalloc, and
+    /// write BENCHMARKS.md (root needed).
     Bench {
         /// 1e5 cycles and one repetition instead of 1e6 and three.
         #[arg(long)]
         quick: bool,
+        /// Only the Python benchmarks (memprof next to memray and tracemalloc on
+        /// `bench/python/`): replaces BENCHMARKS.md's Python sections, keeps the rest.
+        #[arg(long)]
+        python_only: bool,
     },
 }
 
@@ -76,10 +82,14 @@ fn run_task(task: Task) -> Result<()> {
             build()?;
             demo()
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, python_only } => {
             setup()?;
             build()?;
-            bench::bench(quick)
+            if python_only {
+                bench_python::bench_only(quick)
+            } else {
+                bench::bench(quick)
+            }
         }
     }
 }
@@ -230,6 +240,8 @@ const APT_PACKAGES: &[&str] = &[
     "libmimalloc-dev",
     "musl-tools",
     "busybox-static",
+    // The Python tests (tests/src/python.rs): container roots of other distributions.
+    "debootstrap",
 ];
 
 fn setup() -> Result<()> {

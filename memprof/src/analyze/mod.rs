@@ -3,6 +3,7 @@
 //! ([`oom`]). Pure logic: no I/O.
 
 pub mod classify;
+pub mod functions;
 pub mod oom;
 pub mod series;
 

@@ -10,6 +10,7 @@
 //! no block can be recorded whose free would go unseen, and no entry lacks its return probe.
 
 pub mod elf;
+pub mod entry_placement;
 pub mod placement;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,6 +24,7 @@ use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNW
 
 use crate::{
     report::ProbeInfo,
+    runtime::RuntimeProbe,
     target::maps::{self, MapEntry},
 };
 use elf::{AllocSymbol, ElfInfo, scan_allocator_symbols};
@@ -54,6 +56,9 @@ pub struct MapSizes {
     pub dwarf: bool,
     /// Capacity of the CFI row array.
     pub unwind_rows: u32,
+    /// Offset of `thread.fsbase` in the kernel's `task_struct` (runtime walkers read thread
+    /// pointers); 0: unknown (runtime frames off).
+    pub task_fsbase: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,9 @@ fn is_free_like(func: &str) -> bool {
     entry_program(func) == Some("free_enter")
 }
 const RETURN_PROGRAM: &str = "alloc_return";
+/// Entry programs runtimes ask for (see `crate::runtime::RuntimeProbe`).
+const RUNTIME_PROGRAMS: &[&str] =
+    &["pymalloc_malloc_enter", "pymalloc_calloc_enter", "pymalloc_realloc_enter", "pymalloc_free_enter"];
 /// (category, event, program, required).
 const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_enter_mmap", "sys_enter_mmap", true),
@@ -142,6 +150,22 @@ pub struct Probes {
     probe_placement: bool,
     /// The placement chosen per object and free-like function (decided and logged once).
     placements: HashMap<(ObjectKey, &'static str), Placement>,
+    /// Runtime probes placed: (pid, address, program).
+    runtime_attached: std::collections::HashSet<(u32, u64, &'static str)>,
+    /// Per process, where allocator code is (see [`Probes::allocator_internal`]).
+    alloc_code: HashMap<u32, AllocCode>,
+    /// Probe offsets of runtime functions: (object, function file offset) → bytes past entry.
+    runtime_placements: HashMap<(ObjectKey, u64), u64>,
+}
+
+/// Where one process's allocator code is.
+#[derive(Clone, Debug, Default)]
+struct AllocCode {
+    /// `[start, end)` of every allocator function probed (runtime addresses).
+    funcs: Vec<(u64, u64)>,
+    /// Executable mappings of shared objects that define allocator functions (libc, jemalloc,
+    /// tcmalloc, mimalloc; not the program itself, whose own code may also call mmap).
+    objects: Vec<(u64, u64)>,
 }
 
 impl Probes {
@@ -165,11 +189,13 @@ impl Probes {
             .override_global("UNWINDER", &if sizes.dwarf { UNWIND_DWARF } else { UNWIND_FP }, true)
             .map_max_entries("USTACKS", sizes.stacks)
             .map_max_entries("UNWIND_ROWS", sizes.unwind_rows)
+            .override_global("TASK_FSBASE_OFFSET", &sizes.task_fsbase, true)
             .load(EBPF_OBJECT)?;
         let mut uprobe_names: Vec<&str> = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).collect();
         uprobe_names.sort_unstable();
         uprobe_names.dedup();
         uprobe_names.push(RETURN_PROGRAM);
+        uprobe_names.extend(RUNTIME_PROGRAMS);
         for name in uprobe_names {
             let prog: &mut UProbe = program(&mut bpf, name)?;
             prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
@@ -199,6 +225,9 @@ impl Probes {
             rss: sizes.rss,
             retired_links: 0,
             placements: HashMap::new(),
+            runtime_attached: Default::default(),
+            alloc_code: HashMap::new(),
+            runtime_placements: HashMap::new(),
         })
     }
 
@@ -284,6 +313,7 @@ impl Probes {
 
     fn attach_object(&mut self, pid: u32, e: &MapEntry, info: &ElfInfo) -> usize {
         let path = maps::map_files_path(pid, e);
+        self.note_allocator_code(pid, e, info);
         let Some(pid_nz) = std::num::NonZeroU32::new(pid) else { return 0 };
         let mut placed = 0;
         // free first, then returns, then entries (see the module documentation).
@@ -339,11 +369,127 @@ impl Probes {
         placed
     }
 
+    /// Attaches the probes runtimes asked for (CPython's object allocator functions, found in
+    /// the process's memory), each once per process: frees first, then return probes, then
+    /// entries, as for the C allocators. Returns the number placed.
+    pub fn attach_runtime(&mut self, probes: &[RuntimeProbe]) -> usize {
+        if self.rss || probes.is_empty() {
+            return 0;
+        }
+        let mut plan: Vec<(&RuntimeProbe, &'static str)> = Vec::new();
+        for p in probes.iter().filter(|p| p.free_like) {
+            plan.push((p, p.program));
+        }
+        for p in probes.iter().filter(|p| !p.free_like) {
+            plan.push((p, RETURN_PROGRAM));
+        }
+        for p in probes.iter().filter(|p| !p.free_like) {
+            plan.push((p, p.program));
+        }
+        let mut placed = 0;
+        let mut maps_by_pid: HashMap<u32, Vec<MapEntry>> = HashMap::new();
+        for (p, prog_name) in plan {
+            if self.runtime_attached.contains(&(p.pid, p.addr, prog_name)) {
+                continue;
+            }
+            let entries = maps_by_pid.entry(p.pid).or_insert_with(|| maps::read_maps(p.pid).unwrap_or_default());
+            let Some(e) = maps::lookup(entries, p.addr).filter(|e| e.is_exec() && e.is_file_backed()).cloned() else {
+                warn!("pid {}: {} at {:#x} is not in a mapped file; not probed", p.pid, p.function, p.addr);
+                continue;
+            };
+            let Some(pid_nz) = std::num::NonZeroU32::new(p.pid) else { continue };
+            self.runtime_attached.insert((p.pid, p.addr, prog_name));
+            let path = maps::map_files_path(p.pid, &e);
+            let offset = p.addr - e.start + e.offset + self.runtime_probe_offset(&e, &path, p);
+            let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
+                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(pid_nz))
+                    .map_err(|e| format!("{e}"))
+            });
+            let object = e.path.clone().unwrap_or_default();
+            match result {
+                Ok(link) => {
+                    placed += 1;
+                    self.links.entry(p.pid).or_default().push((prog_name, link));
+                    if !self.placed.iter().any(|x| x.object == object && x.function == p.function && x.offset == offset) {
+                        self.placed.push(ProbeInfo { object, function: p.function.clone(), offset, attached: true, error: None });
+                    }
+                }
+                Err(err) => {
+                    self.attach_failures += 1;
+                    warn!("failed to attach {prog_name} to {} in {object} (pid {}): {err}", p.function, p.pid);
+                    self.placed.push(ProbeInfo { object, function: p.function.clone(), offset, attached: false, error: Some(err) });
+                }
+            }
+        }
+        placed
+    }
+
+    /// How far past its entry a runtime function's probes go (see `entry_placement.rs`): the
+    /// entry and return probes of an allocation function share the offset. Decided once per
+    /// object and function.
+    fn runtime_probe_offset(&mut self, e: &MapEntry, path: &std::path::Path, p: &RuntimeProbe) -> u64 {
+        if !self.probe_placement {
+            return 0;
+        }
+        let key = ((e.dev_major, e.dev_minor, e.inode), p.addr - e.start + e.offset);
+        if let Some(&off) = self.runtime_placements.get(&key) {
+            return off;
+        }
+        let regs = |idx: &[usize]| idx.iter().filter_map(|&i| entry_placement::ARG_REGS.get(i).copied()).collect();
+        let rules = entry_placement::EntryRules {
+            preserve: regs(p.args),
+            null_check: if p.free_like { p.args.first().and_then(|&i| entry_placement::ARG_REGS.get(i).copied()) } else { None },
+        };
+        let placed = match placement::read_code(path, key.1, placement::code_len(p.size)) {
+            Ok(code) => entry_placement::place_entry_probe(&code, p.size, &rules),
+            Err(err) => Placement { offset: 0, reason: format!("cannot read its code: {err}") },
+        };
+        info!("{}: {}: probes at +{} ({})", display(e), p.function, placed.offset, placed.reason);
+        self.runtime_placements.insert(key, placed.offset);
+        placed.offset
+    }
+
+    /// Records where the allocator functions of `info` lie in `pid` (mapped by `e`).
+    fn note_allocator_code(&mut self, pid: u32, e: &MapEntry, info: &ElfInfo) {
+        let code = self.alloc_code.entry(pid).or_default();
+        for sym in &info.symbols {
+            if sym.file_offset >= e.offset && sym.file_offset < e.offset + (e.end - e.start) {
+                let start = e.start + (sym.file_offset - e.offset);
+                code.funcs.push((start, start + sym.size.max(1)));
+            }
+        }
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        if exe != Some(e.inode) {
+            code.objects.push((e.start, e.end));
+        }
+    }
+
+    /// Whether an anonymous mapping made by `pid` with `stack` (leaf first: the syscall
+    /// wrapper, then its caller...) is an allocator's own: some frame is inside an allocator
+    /// function (glibc creating a thread's arena inside `free`, `malloc_trim`, a thread's exit),
+    /// or the wrapper was called from an allocator library's code (its own heaps and
+    /// reservations, background threads). The blocks such an allocator hands out are counted one
+    /// by one; its mappings would count them twice.
+    pub fn allocator_internal(&self, pid: u32, stack: &[u64]) -> bool {
+        let Some(code) = self.alloc_code.get(&pid) else { return false };
+        let inside = |ranges: &[(u64, u64)], pc: u64| ranges.iter().any(|&(s, e)| s <= pc && pc < e);
+        let in_func = stack.iter().enumerate().any(|(i, &ip)| {
+            if memprof_common::runtime::slot_kind(ip).is_some() {
+                return false;
+            }
+            let pc = if i == 0 { ip } else { ip.wrapping_sub(1) };
+            inside(&code.funcs, pc)
+        });
+        in_func || stack.get(1).is_some_and(|&ret| inside(&code.objects, ret.wrapping_sub(1)))
+    }
+
     /// Forgets which objects an exited process had probes on, so a new process that reuses
     /// its pid is probed afresh. The old links stay attached until the end (see `run/session.rs`:
     /// detaching them early disarmed new probes); they filter on the dead task and never fire.
     pub fn forget_process(&mut self, pid: u32) {
         self.attached.remove(&pid);
+        self.alloc_code.remove(&pid);
+        self.runtime_attached.retain(|(p, _, _)| *p != pid);
         if let Some(links) = self.links.remove(&pid) {
             self.retired_links += links.len();
         }

@@ -184,7 +184,7 @@ pub fn place_free_probe(code: &[u8], func_size: u64) -> Placement {
 
 /// Decodes `body` as 64-bit code with instruction pointers = offsets from its start; the
 /// offset of the first invalid (or truncated) instruction is the error.
-fn decode_all(body: &[u8]) -> Result<Vec<Instruction>, u64> {
+pub(super) fn decode_all(body: &[u8]) -> Result<Vec<Instruction>, u64> {
     let mut decoder = Decoder::with_ip(64, body, 0, DecoderOptions::NONE);
     let mut insns = Vec::new();
     while decoder.can_decode() {
@@ -197,12 +197,12 @@ fn decode_all(body: &[u8]) -> Result<Vec<Instruction>, u64> {
     Ok(insns)
 }
 
-fn insn_bytes<'a>(body: &'a [u8], ins: &Instruction) -> &'a [u8] {
+pub(super) fn insn_bytes<'a>(body: &'a [u8], ins: &Instruction) -> &'a [u8] {
     &body[ins.ip() as usize..ins.next_ip() as usize]
 }
 
 /// The instruction's mnemonic in lower case (`test`, `je`, `push`).
-fn name(ins: &Instruction) -> String {
+pub(super) fn name(ins: &Instruction) -> String {
     format!("{:?}", ins.mnemonic()).to_lowercase()
 }
 
@@ -221,7 +221,7 @@ fn is_emulated_nop(bytes: &[u8]) -> bool {
 }
 
 /// Where the walk stops: an instruction every 6.x kernel emulates and that does not branch.
-fn stop_here(_ins: &Instruction, bytes: &[u8]) -> Option<&'static str> {
+pub(super) fn stop_here(_ins: &Instruction, bytes: &[u8]) -> Option<&'static str> {
     if is_emulated_push(bytes) {
         Some("push")
     } else if is_emulated_nop(bytes) {
@@ -233,7 +233,7 @@ fn stop_here(_ins: &Instruction, bytes: &[u8]) -> Option<&'static str> {
 
 /// Whether the kernel emulates this instruction (push, nop, or an unprefixed relative
 /// jmp/call/jcc), with a short name for it.
-fn emulated_anyway(ins: &Instruction, bytes: &[u8]) -> Option<String> {
+pub(super) fn emulated_anyway(ins: &Instruction, bytes: &[u8]) -> Option<String> {
     if let Some(what) = stop_here(ins, bytes) {
         return Some(what.to_string());
     }
@@ -246,7 +246,7 @@ fn emulated_anyway(ins: &Instruction, bytes: &[u8]) -> Option<String> {
     unprefixed_branch.then(|| name(ins))
 }
 
-fn is_immediate(kind: OpKind) -> bool {
+pub(super) fn is_immediate(kind: OpKind) -> bool {
     matches!(
         kind,
         OpKind::Immediate8
@@ -342,7 +342,7 @@ fn writes_nothing(ins: &Instruction) -> Result<(), String> {
 }
 
 /// The target of a direct (relative) branch or call, as an offset from the function's start.
-fn branch_target(ins: &Instruction) -> Option<u64> {
+pub(super) fn branch_target(ins: &Instruction) -> Option<u64> {
     (0..ins.op_count())
         .any(|i| {
             matches!(

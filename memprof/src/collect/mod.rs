@@ -39,6 +39,8 @@ pub enum Notice {
     CodeMapped(u32),
     /// `--mode rss`: a released range too large for the kernel to walk.
     RangeReleased { pid: u32, addr: u64, len: u64 },
+    /// A new stack with runtime frames.
+    NewStack { pid: u32, stack_id: u32 },
 }
 
 /// A recorded stack.
@@ -83,6 +85,9 @@ pub struct Collector {
     dwarf: bool,
     /// Mapping events seen (statistics).
     pub mapping_events: u64,
+    /// Anonymous mappings left out as an allocator's own (made from allocator code that no
+    /// tracked call covered: glibc's arena created inside `free`, a background thread).
+    pub allocator_mappings: u64,
     /// Bytes and counts retired by userspace (`--mode rss` ranges too large for the kernel),
     /// per (pid, stack id), subtracted from the kernel's totals at each snapshot (userspace
     /// cannot update the kernel's totals atomically).
@@ -99,26 +104,45 @@ impl Collector {
             stack_cache: HashMap::new(),
             dwarf,
             mapping_events: 0,
+            allocator_mappings: 0,
             released: HashMap::new(),
         })
     }
 
     /// Applies every pending mapping event and returns what the caller must act on.
-    pub fn drain_events(&mut self) -> Vec<Notice> {
+    /// `allocator_internal(pid, stack)`: whether an anonymous mapping made with that stack (leaf
+    /// first) belongs to an allocator (its own heaps and reservations: the blocks it hands out
+    /// are counted one by one instead); such mappings are left out.
+    pub fn drain_events(
+        &mut self,
+        bpf: &Ebpf,
+        allocator_internal: &mut dyn FnMut(u32, &[u64]) -> bool,
+    ) -> Vec<Notice> {
         let mut notices = Vec::new();
+        let mut events = Vec::new();
         while let Some(item) = self.events.next() {
             if item.len() < std::mem::size_of::<MemEvent>() {
                 continue;
             }
             // SAFETY: the kernel wrote a MemEvent (repr(C), plain data); read unaligned.
-            let ev: MemEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            events.push(unsafe { std::ptr::read_unaligned::<MemEvent>(item.as_ptr().cast()) });
+        }
+        for ev in events {
             self.mapping_events += 1;
             match ev.kind {
                 k if k == MemEventKind::Mmap as u32 => {
                     let stack_id = if ev.stack_id < 0 { NO_STACK } else { ev.stack_id as u32 };
+                    notices.push(Notice::Mapped(ev.tgid));
+                    let mut ips = self.stack(bpf, stack_id).ips;
+                    if ev.leaf_ret != 0 && !ips.is_empty() {
+                        ips.insert(1, ev.leaf_ret);
+                    }
+                    if allocator_internal(ev.tgid, &ips) {
+                        self.allocator_mappings += 1;
+                        continue;
+                    }
                     let origin = MappingOrigin { stack_id, leaf_ret: ev.leaf_ret };
                     self.mappings.map(ev.tgid, ev.addr, ev.len, origin);
-                    notices.push(Notice::Mapped(ev.tgid));
                 }
                 k if k == MemEventKind::Munmap as u32 => self.mappings.unmap(ev.tgid, ev.addr, ev.len),
                 k if k == MemEventKind::Mremap as u32 => {
@@ -131,6 +155,9 @@ impl Collector {
                 }
                 k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
                 k if k == MemEventKind::CodeMapped as u32 => notices.push(Notice::CodeMapped(ev.tgid)),
+                k if k == MemEventKind::NewStack as u32 && ev.stack_id >= 0 => {
+                    notices.push(Notice::NewStack { pid: ev.tgid, stack_id: ev.stack_id as u32 })
+                }
                 k if k == MemEventKind::RangeReleased as u32 => {
                     notices.push(Notice::RangeReleased { pid: ev.tgid, addr: ev.addr, len: ev.len })
                 }

@@ -242,12 +242,23 @@ impl Verdict {
             human_duration(report.duration_s)
         );
 
+        // A runtime function (Python) that leaks names the leak better than the interpreter's
+        // C functions under it.
+        let leaking_function = report.functions.iter().find(|f| f.class == "leak" && f.leak_growth_bytes_per_s > 0.0);
         if let Some(top) = leaks.first() {
-            let mut headline = format!(
-                "LEAK: {} at {}",
-                rate_per_hour(top.growth_bytes_per_s).trim_start_matches('+'),
-                short_stack(&top.frames, 2)
-            );
+            let mut headline = match leaking_function {
+                Some(f) if f.leak_growth_bytes_per_s >= top.growth_bytes_per_s * 0.5 => format!(
+                    "LEAK: {} in {}{}",
+                    rate_per_hour(f.leak_growth_bytes_per_s).trim_start_matches('+'),
+                    f.function,
+                    f.lines.first().map(|l| format!(", line {l}")).unwrap_or_default()
+                ),
+                _ => format!(
+                    "LEAK: {} at {}",
+                    rate_per_hour(top.growth_bytes_per_s).trim_start_matches('+'),
+                    short_stack(&top.frames, 2)
+                ),
+            };
             if let Some(eta) = report.oom_eta_s {
                 let _ = write!(headline, " — cgroup OOM in ~{}", human_duration(eta));
             }
@@ -536,11 +547,21 @@ fn details_section(page: &mut String, report: &Report) {
         .collect();
     let attached = report.probes.iter().filter(|p| p.attached).count();
     let alive = report.processes.iter().filter(|p| p.alive).count();
+    let runtimes = report
+        .runtimes
+        .describe()
+        .map(|l| {
+            let bad = report.runtimes.processes.iter().any(|p| p.frames != "walked")
+                || report.runtimes.python_walk_failed.values().any(|&n| n > 0);
+            format!("<dt>runtimes</dt><dd class=\"{}\">{}</dd>", if bad { "bad" } else { "" }, escape(&l))
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         page,
         "<section id=\"run\"><h2>Run</h2><dl>\
          <dt>lost events</dt><dd class=\"{}\">{}</dd>\
          <dt>stacks</dt><dd class=\"{}\">{}</dd>\
+         {runtimes}\
          <dt>processes</dt><dd>{} traced, {alive} alive at the end</dd>\
          <dt>probes</dt><dd>{attached} of {} attached</dd>\
          <dt>snapshots</dt><dd>{}</dd></dl>\

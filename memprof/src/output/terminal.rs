@@ -69,6 +69,24 @@ pub fn render_summary(report: &Report, top: usize) -> String {
         }
     }
 
+    let functions: Vec<_> = report.functions.iter().filter(|f| f.bytes > 0).take(top.min(5)).collect();
+    if !functions.is_empty() {
+        let _ = writeln!(out, "by Python function (the innermost Python frame of each stack):");
+        for f in &functions {
+            let lines: Vec<String> = f.lines.iter().take(3).map(|l| l.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "        {:<7}  {:>10}  {:>8}  {:>12}  {}{}",
+                f.class,
+                human_bytes(f.bytes),
+                f.allocations,
+                human_rate(f.growth_bytes_per_s),
+                f.function,
+                if lines.is_empty() { String::new() } else { format!(" lines {}", lines.join(", ")) }
+            );
+        }
+    }
+
     let m = &report.memory;
     if m.cgroup_usage_bytes.is_some() || m.rss_bytes.is_some() {
         let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "?".into());
@@ -98,6 +116,9 @@ pub fn render_summary(report: &Report, top: usize) -> String {
         );
     }
 
+    if let Some(line) = report.runtimes.describe() {
+        let _ = writeln!(out, "{line}");
+    }
     if !report.stack_quality.unwinder.is_empty() {
         let _ = writeln!(out, "stacks: {}", report.stack_quality.describe());
     }

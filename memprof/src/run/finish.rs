@@ -13,7 +13,7 @@ use super::{Failure, session::Session, title};
 use crate::{
     analyze::{self, Class},
     output,
-    report::{MemoryInfo, ProcessInfo, Report, StackQuality},
+    report::{MemoryInfo, ProcessInfo, Report, RuntimesInfo, StackQuality},
 };
 
 impl Session {
@@ -44,16 +44,36 @@ impl Session {
         let (usage, limit, rss) = self.memory_now();
         let tracked_bytes = stacks.iter().map(|s| s.bytes).sum();
         let elapsed = self.started.elapsed().as_secs_f64();
+        let function_series = analyze::functions::series_entries(&stacks);
         self.history.record(
             elapsed,
-            stacks.iter().map(|s| (s.frames.as_slice(), s.bytes, s.allocations)),
+            stacks
+                .iter()
+                .map(|s| (s.frames.as_slice(), s.bytes, s.allocations))
+                .chain(function_series.iter().map(|f| (f.0.as_slice(), f.1, f.2))),
             tracked_bytes,
             usage,
         );
         let mut stacks = stacks;
-        self.classify(&mut stacks);
+        let verdicts = self.classify(&mut stacks);
+        let mut functions = analyze::functions::by_function(&stacks);
+        for f in &mut functions {
+            // A function is classified by its own series (see analyze/functions.rs).
+            if let Some(v) = verdicts.get(&analyze::functions::history_key(&f.function)) {
+                f.class = class_name(v.class).to_string();
+                f.growth_bytes_per_s = v.growth_bytes_per_s;
+                f.leak_growth_bytes_per_s = if v.class == Class::Leak { v.growth_bytes_per_s } else { 0.0 };
+            }
+        }
+        functions.sort_by(|a, b| {
+            b.leak_growth_bytes_per_s
+                .total_cmp(&a.leak_growth_bytes_per_s)
+                .then(b.bytes.cmp(&a.bytes))
+                .then(a.function.cmp(&b.function))
+        });
         let oom_eta_s = analyze::oom_eta_s(self.history.cgroup(), limit);
         stats.insert("mapping_events".into(), self.collector.mapping_events);
+        stats.insert("allocator_mappings_skipped".into(), self.collector.allocator_mappings);
         let mut stack_quality = StackQuality::of(&stacks, self.config.sizes.dwarf);
         stack_quality.tables = self.unwinder.as_ref().map(|u| u.stats.clone());
         let report = Report {
@@ -92,6 +112,22 @@ impl Session {
             oom_kills: self.oom_kills.clone(),
             stack_quality,
             modules: self.symbolizer.module_sources(),
+            runtimes: RuntimesInfo {
+                processes: self.runtimes.report(),
+                python_activations: counters.get(&Counter::PyActivations).copied().unwrap_or(0),
+                python_frames: counters.get(&Counter::PyFrames).copied().unwrap_or(0),
+                python_walk_failed: [
+                    ("no_thread_state", Counter::PyNoThreadState),
+                    ("read", Counter::PyReadFailed),
+                    ("misaligned", Counter::PyMisaligned),
+                    ("depth", Counter::PyTruncated),
+                ]
+                .into_iter()
+                .map(|(k, c)| (k.to_string(), counters.get(&c).copied().unwrap_or(0)))
+                .collect(),
+                unnamed_frames: self.runtimes.unresolved(),
+            },
+            functions,
         };
         // Detach while the artifacts are written: closing each uprobe link takes the kernel
         // 0.1-0.5 s, and the artifacts should not wait for it.

@@ -52,6 +52,8 @@ pub struct Config {
     pub sizes: MapSizes,
     /// Free-like probes may move past a NULL check (not `--no-probe-placement`).
     pub probe_placement: bool,
+    /// Why runtime frames (Python) are off, or None.
+    pub runtimes_off: Option<String>,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -118,6 +120,17 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
     };
     let output = opt.output.clone().unwrap_or_else(|| default_output(&label));
     check_writable(&output).map_err(Failure::Input)?;
+    let dwarf = opt.unwind == crate::cli::Unwind::Dwarf;
+    let (task_fsbase, runtimes_off) = if opt.no_python {
+        (0, Some("--no-python".to_string()))
+    } else if !dwarf {
+        (0, Some("Python frames need --unwind dwarf".to_string()))
+    } else {
+        match crate::runtime::task_fsbase_offset() {
+            Ok(off) => (off, None),
+            Err(why) => (0, Some(format!("the thread pointer cannot be read: {why}"))),
+        }
+    };
     Ok(Config {
         label,
         scope,
@@ -133,10 +146,12 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             stack_totals: opt.max_stacks.saturating_mul(4),
             sample_bytes: opt.sample_bytes.unwrap_or(0),
             rss: opt.mode == crate::cli::Mode::Rss,
-            dwarf: opt.unwind == crate::cli::Unwind::Dwarf,
+            dwarf,
             unwind_rows: opt.unwind_rows,
+            task_fsbase,
         },
         probe_placement: !opt.no_probe_placement,
+        runtimes_off,
     })
 }
 

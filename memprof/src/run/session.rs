@@ -17,6 +17,7 @@ use crate::{
     collect::{Collector, NO_STACK, Notice, Snapshot, StackRef},
     output,
     report::{Frame, OomKill, SnapshotInfo, StackReport},
+    runtime::Runtimes,
     symbolize::{StackOpts, Symbolizer},
     unwind::loader::UnwindLoader,
     target::{
@@ -59,6 +60,8 @@ pub(super) struct Session {
     pub(super) started_at: SystemTime,
     /// When the run ended (for the final timing).
     pub(super) ended: Option<Instant>,
+    /// Runtimes whose frames are read from the processes (Python).
+    pub(super) runtimes: Runtimes,
 }
 
 pub(super) async fn profile(config: Config) -> Result<(), Failure> {
@@ -72,7 +75,9 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     } else {
         None
     };
+    let runtimes = Runtimes::new(config.runtimes_off.clone());
     let mut s = Session {
+        runtimes,
         config,
         probes,
         collector,
@@ -169,6 +174,8 @@ impl Session {
             }
             self.drain_events();
             self.poll_processes();
+            let probes = self.runtimes.poll(&mut self.probes.bpf);
+            self.probes.attach_runtime(&probes);
             let ever_seen = !self.processes.is_empty();
             if ever_seen && self.processes.values().all(|p| !p.alive) {
                 return "targets_exited";
@@ -216,7 +223,10 @@ impl Session {
     }
 
     pub(super) fn drain_events(&mut self) {
-        for notice in self.collector.drain_events() {
+        let probes = &self.probes;
+        let mut internal = |pid: u32, stack: &[u64]| probes.allocator_internal(pid, stack);
+        let notices = self.collector.drain_events(&probes.bpf, &mut internal);
+        for notice in notices {
             match notice {
                 Notice::Mapped(pid) if !self.is_tracked(pid) => self.adopt(pid),
                 Notice::Mapped(_) => {}
@@ -233,6 +243,7 @@ impl Session {
                         self.frames.retain(|r, _| r.pid != pid);
                         self.load_unwind(pid);
                         self.probes.attach_process(pid);
+                        self.observe_runtimes(pid, true);
                         if let Some(p) = self.processes.get_mut(&pid) {
                             p.comm = target::procs::comm(pid).unwrap_or_default();
                         }
@@ -245,12 +256,17 @@ impl Session {
                         self.symbolizer.observe_process(pid);
                         self.load_unwind(pid);
                         self.probes.attach_process(pid);
+                        self.observe_runtimes(pid, false);
                     } else {
                         self.adopt(pid);
                     }
                 }
                 Notice::RangeReleased { pid, addr, len } => {
                     self.collector.release_range(&mut self.probes.bpf, pid, addr, len);
+                }
+                Notice::NewStack { pid, stack_id } => {
+                    let st = self.collector.stack(&self.probes.bpf, stack_id);
+                    self.runtimes.prefetch(pid, &st.ips);
                 }
                 Notice::OomVictim(pid) => {
                     if self.is_tracked(pid) {
@@ -294,6 +310,7 @@ impl Session {
             // (a process restarting in a container lost every allocation). The cost is ~20 file
             // descriptors per exited process; see raise_fd_limit().
             self.probes.forget_process(pid);
+            self.runtimes.forget(&mut self.probes.bpf, pid);
             self.symbolizer.forget_process(pid);
             if let Some(u) = self.unwinder.as_mut() {
                 u.forget_process(&mut self.probes.bpf, pid);
@@ -315,7 +332,14 @@ impl Session {
         if n == 0 && !self.config.sizes.rss {
             warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
         }
+        self.observe_runtimes(pid, true);
         self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
+    }
+
+    /// Looks for runtimes (Python) in a process and attaches the probes they ask for.
+    fn observe_runtimes(&mut self, pid: u32, fresh: bool) {
+        let probes = self.runtimes.observe(&mut self.probes.bpf, pid, fresh);
+        self.probes.attach_runtime(&probes);
     }
 
     /// `--unwind dwarf`: (re)loads the CFI tables and mapping list of a process.
@@ -465,7 +489,9 @@ impl Session {
             // A CFI walk: every address is a real frame.
             self.stack_flags.insert(*r, flags);
             let opts = StackOpts { first_exact: flags & STACK_FIRST_EXACT != 0, trust_all: true };
-            return self.symbolizer.symbolize_stack(r.pid, &ips, opts);
+            let mut frames = self.symbolizer.symbolize_stack_with(r.pid, &ips, opts, &mut self.runtimes);
+            frames.extend(self.runtimes.heap_frame(r.pid, &ips));
+            return frames;
         }
         if r.leaf_ret & LEAF_PREPEND != 0 {
             ips.insert(0, r.leaf_ret & !LEAF_PREPEND);
@@ -480,9 +506,10 @@ impl Session {
     }
 
     /// Class, growth rate and series of each stack, from the history.
-    pub(super) fn classify(&self, stacks: &mut [StackReport]) {
-        let totals: HashMap<Vec<String>, u64> =
+    pub(super) fn classify(&self, stacks: &mut [StackReport]) -> HashMap<Vec<String>, analyze::Verdict> {
+        let mut totals: HashMap<Vec<String>, u64> =
             stacks.iter().map(|s| (s.frames.clone(), s.total_allocations)).collect();
+        totals.extend(analyze::functions::series_entries(stacks).into_iter().map(|f| (f.0, f.3)));
         let verdicts = analyze::classify_all(&self.history, &totals);
         for s in stacks.iter_mut() {
             let v = verdicts.get(&s.frames);
@@ -495,6 +522,7 @@ impl Session {
                 .map(|series| series.points().iter().map(|p| [p.t_s, p.bytes]).collect())
                 .unwrap_or_default();
         }
+        verdicts
     }
 
     pub(super) fn title(&self) -> String {
@@ -516,9 +544,13 @@ impl Session {
         };
         let (usage, _, rss) = self.memory_now();
         let info = SnapshotInfo { cgroup_usage_bytes: usage, rss_bytes: rss, ..info };
+        let functions = analyze::functions::series_entries(&stacks);
         self.history.record(
             info.elapsed_s,
-            stacks.iter().map(|s| (s.frames.as_slice(), s.bytes, s.allocations)),
+            stacks
+                .iter()
+                .map(|s| (s.frames.as_slice(), s.bytes, s.allocations))
+                .chain(functions.iter().map(|f| (f.0.as_slice(), f.1, f.2))),
             info.live_bytes,
             usage,
         );

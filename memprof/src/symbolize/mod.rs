@@ -38,8 +38,11 @@ use self::{
     perf_map::PerfMap,
     root::RootDir,
 };
+use memprof_common::runtime::slot_kind;
+
 use crate::{
     report::Frame,
+    runtime::{NoRuntimes, RuntimeFrames},
     target::maps::{self, MapEntry},
 };
 
@@ -201,6 +204,8 @@ pub struct Symbolizer {
     debug_dirs: Vec<PathBuf>,
     /// Some frame came from a perf map.
     jit_used: bool,
+    /// Modules of runtime frames named (`[python]`).
+    runtime_modules: std::collections::BTreeSet<String>,
 }
 
 impl Default for Symbolizer {
@@ -235,6 +240,7 @@ impl Symbolizer {
             cache: HashMap::new(),
             debug_dirs,
             jit_used: false,
+            runtime_modules: Default::default(),
         }
     }
 
@@ -266,6 +272,9 @@ impl Symbolizer {
                 debug_file: None,
                 build_id: None,
             });
+        }
+        for m in &self.runtime_modules {
+            out.push(ModuleSymbols { module: m.clone(), symbols: "runtime", debug_file: None, build_id: None });
         }
         out.sort_by(|a, b| a.module.cmp(&b.module));
         out
@@ -344,14 +353,39 @@ impl Symbolizer {
     /// itself); so is the first address unless `opts.first_exact`. Without `opts.trust_all` the
     /// walk stops at the first address outside code (code in a perf map counts as code).
     pub fn symbolize_stack(&mut self, pid: u32, ips_leaf_first: &[u64], opts: StackOpts) -> Vec<Frame> {
+        self.symbolize_stack_with(pid, ips_leaf_first, opts, &mut NoRuntimes)
+    }
+
+    /// [`Self::symbolize_stack`] for stacks with runtime frames (two slots each, see
+    /// `memprof_common::runtime`), which `runtimes` names.
+    pub fn symbolize_stack_with(
+        &mut self,
+        pid: u32,
+        ips_leaf_first: &[u64],
+        opts: StackOpts,
+        runtimes: &mut dyn RuntimeFrames,
+    ) -> Vec<Frame> {
         let mut batch = Batch::default();
         let mut slots = Vec::with_capacity(ips_leaf_first.len());
-        for (i, &ip) in ips_leaf_first.iter().enumerate() {
+        let mut i = 0;
+        while i < ips_leaf_first.len() {
+            let ip = ips_leaf_first[i];
+            if slot_kind(ip).is_some() {
+                let detail = ips_leaf_first.get(i + 1).copied().unwrap_or(0);
+                // Root → leaf from the runtime; slots are leaf first.
+                for f in runtimes.frames(pid, ip, detail).into_iter().rev() {
+                    self.runtime_modules.insert(f.module.clone());
+                    slots.push(Slot::Ready(f));
+                }
+                i += 2;
+                continue;
+            }
             let exact = i == 0 && opts.first_exact;
             match self.classify(pid, ip, exact, opts.trust_all, &mut batch) {
                 Some(s) => slots.push(s),
                 None => break,
             }
+            i += 1;
         }
         let locs: Vec<Location> = slots
             .iter()

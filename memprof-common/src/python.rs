@@ -1,0 +1,106 @@
+//! CPython's room: what the kernel-side Python walker (`memprof-ebpf/src/python.rs`) needs to
+//! know of one process, and how it records a Python frame.
+//!
+//! Userspace (`memprof/src/runtime/python/`) fills a [`PyProc`] per process from the
+//! interpreter's version tables and the process's memory; every offset in it was validated
+//! against that process before it is loaded.
+//!
+//! A Python frame is two stack slots: `runtime_slot(RUNTIME_PYTHON, code object address)`, then
+//! [`py_frame_detail`] (the instruction offset in code units and the code object's
+//! `co_firstlineno`, which lets userspace check that the object at that address is still the
+//! same code when it resolves it).
+
+/// Where the thread's `PyThreadState` is: `*(fs_base + tss_a)`.
+pub const PY_TSS_DIRECT: u32 = 1;
+/// Where the thread's `PyThreadState` is: `*(*(fs_base + tss_a) + tss_b)`.
+pub const PY_TSS_INDIRECT: u32 = 2;
+
+/// 3.9, 3.10: each activation of the eval loop runs one `PyFrameObject`; `PyThreadState.frame`
+/// is the newest, `f_back` links them.
+pub const PY_WALK_FRAME_PER_CALL: u32 = 1;
+/// 3.11: each activation keeps a `_PyCFrame` on its C stack (`PyThreadState.cframe`, linked by
+/// `previous`) whose `current_frame` is its newest `_PyInterpreterFrame`; its frames run back to
+/// the one marked `is_entry`.
+pub const PY_WALK_CFRAME: u32 = 2;
+/// 3.12+: each activation pushes a shim frame owned by the C stack (a local of the eval
+/// function); its frames run back to that shim.
+pub const PY_WALK_SHIM: u32 = 3;
+
+/// `f_lasti` is an `int` in bytes (3.9).
+pub const PY_LASTI_BYTES: u32 = 1;
+/// `f_lasti` is an `int` in code units (3.10).
+pub const PY_LASTI_UNITS: u32 = 2;
+/// The frame holds a pointer into the code object's `co_code_adaptive` (3.11+).
+pub const PY_LASTI_PTR: u32 = 3;
+
+/// Bytes of a frame read at once (every field the walker needs lies below this).
+pub const PY_FRAME_READ_MAX: u32 = 128;
+/// `firstlineno` recorded when the code object could not be read.
+pub const PY_NO_CHECK: u32 = u32::MAX;
+/// A field the version does not have.
+pub const PY_NONE: u32 = u32::MAX;
+
+/// One Python process, as the kernel-side walker needs it (value of `PY_PROCS`, key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    /// `PY_WALK_*`.
+    pub walk: u32,
+    /// `PY_LASTI_*`.
+    pub lasti: u32,
+    /// `PY_TSS_*`.
+    pub tss_mode: u32,
+    /// `PY_VERSION_HEX >> 16` (0x030b for 3.11), for the logs.
+    pub version: u32,
+    pub tss_a: i64,
+    pub tss_b: i64,
+    /// `PyThreadState` → `frame` (3.9/3.10), `cframe` (3.11/3.12) or `current_frame` (3.13+).
+    pub tstate_frame: u32,
+    /// `_PyCFrame.current_frame` (3.11/3.12: the thread's newest frame is
+    /// `tstate->cframe->current_frame`), else [`PY_NONE`].
+    pub cframe_current: u32,
+    /// `_PyCFrame.previous` (3.11).
+    pub cframe_previous: u32,
+    /// The frame's code object (`f_code` / `f_executable`).
+    pub frame_code: u32,
+    /// The caller's frame (`f_back` / `previous`).
+    pub frame_back: u32,
+    /// `f_lasti`, `prev_instr` or `instr_ptr`.
+    pub frame_instr: u32,
+    /// 3.11: `is_entry`; 3.12+: `owner` (one byte); else [`PY_NONE`].
+    pub frame_entry: u32,
+    /// Bytes read per frame (≤ [`PY_FRAME_READ_MAX`]).
+    pub frame_read: u32,
+    /// The `frame_entry` byte of an activation's last frame (3.11: 1) or shim (3.12, 3.13:
+    /// `FRAME_OWNED_BY_CSTACK`; 3.14: `FRAME_OWNED_BY_INTERPRETER`, also the owner of the
+    /// thread's base frame, which has no caller and ends the chain).
+    pub entry_value: u32,
+    /// Unused (kept for the layout); [`PY_NONE`].
+    pub base_value: u32,
+    /// Offset of `co_code_adaptive` in a code object (3.11+).
+    pub code_adaptive: u32,
+    /// Offset of `co_firstlineno` in a code object.
+    pub code_firstlineno: u32,
+    /// Applied to the code pointer (3.14's stack references carry tag bits).
+    pub code_mask: u64,
+}
+
+/// The second slot of a Python frame.
+#[inline(always)]
+pub const fn py_frame_detail(instr_units: u32, firstlineno: u32) -> u64 {
+    instr_units as u64 | ((firstlineno as u64) << 32)
+}
+
+/// (instruction offset in code units, `co_firstlineno` or [`PY_NO_CHECK`]) of a second slot.
+#[inline(always)]
+pub const fn py_frame_detail_parts(detail: u64) -> (u32, u32) {
+    (detail as u32, (detail >> 32) as u32)
+}
+
+const _: () = assert!(core::mem::size_of::<PyProc>() == 88);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for PyProc {}
+}

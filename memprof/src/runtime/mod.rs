@@ -1,0 +1,331 @@
+//! Runtimes: interpreters whose frames memprof reads out of the target's memory, one room each
+//! (see ARCHITECTURE.md, "Runtimes"). The rest of memprof knows only this interface:
+//!
+//! - [`Runtimes::observe`]: a process was adopted, called execve or mapped new code. Each room
+//!   looks for its runtime; one that finds it loads its kernel-side walker's data, and this
+//!   module then hands the walker the runtime's code ranges (`PROC_RUNTIMES`). A room may also
+//!   ask for probes (CPython's object allocator).
+//! - [`Runtimes::poll`]: rooms retry processes whose runtime was not ready (still starting).
+//! - [`RuntimeFrames::frames`]: the symbolizer's way to name a runtime frame of a stack.
+//! - [`Runtimes::prefetch`]: names a new stack's runtime frames at once, while the process is
+//!   alive (they are read from its memory).
+
+pub mod mem;
+pub mod python;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use aya::{Ebpf, maps::HashMap as BpfHashMap};
+use log::{debug, info, warn};
+use memprof_common::runtime::{MAX_RUNTIME_RANGES, ProcRuntime, RuntimeRange, slot_kind};
+use serde::Serialize;
+
+use crate::report::Frame;
+
+/// A probe a runtime asks for, on a function of the process (a runtime address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeProbe {
+    pub pid: u32,
+    pub addr: u64,
+    /// For the log and summary (e.g. `_PyObject_Malloc`).
+    pub function: String,
+    /// The entry program (`memprof-ebpf`).
+    pub program: &'static str,
+    /// Free-like: an entry probe only.
+    pub free_like: bool,
+    /// The function's size in bytes (0: unknown), for probe placement.
+    pub size: u64,
+    /// The arguments (by index) the entry program reads; for a free-like function the first is
+    /// the pointer.
+    pub args: &'static [usize],
+}
+
+/// What a room found in a process.
+pub enum Observed {
+    /// Not this runtime.
+    No,
+    /// This runtime, not ready yet (why): ask again later.
+    Later(String),
+    /// This runtime, walked: its code ranges and the probes it wants.
+    Walked { ranges: Vec<(u64, u64)>, probes: Vec<RuntimeProbe>, status: RuntimeProcess },
+    /// This runtime, but its frames cannot be walked: native stacks only.
+    Unsupported(RuntimeProcess),
+}
+
+/// One process's runtime, for the log and `summary.json` (`runtimes`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RuntimeProcess {
+    pub pid: u32,
+    /// `python`.
+    pub runtime: &'static str,
+    pub version: String,
+    /// The interpreter object (executable or shared library) as the process maps it.
+    pub object: String,
+    /// `walked` (its frames are in the stacks), `pending` (not ready when last looked at), or
+    /// `unsupported`.
+    pub frames: &'static str,
+    /// Why frames are missing, when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Runtime-specific facts (Python: what happens to its object allocator).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+}
+
+/// Names runtime frames (implemented by [`Runtimes`]; the symbolizer knows only this).
+pub trait RuntimeFrames {
+    /// The frames (usually one) a runtime frame of `pid` stands for: its first slot and second
+    /// slot as the kernel recorded them.
+    fn frames(&mut self, pid: u32, slot: u64, detail: u64) -> Vec<Frame>;
+}
+
+/// No runtimes (tests, `--no-python`): runtime frames are named by their slots.
+pub struct NoRuntimes;
+
+impl RuntimeFrames for NoRuntimes {
+    fn frames(&mut self, _pid: u32, slot: u64, _detail: u64) -> Vec<Frame> {
+        vec![unnamed(slot)]
+    }
+}
+
+/// The frame shown for a runtime frame nobody could name.
+pub fn unnamed(slot: u64) -> Frame {
+    Frame {
+        function: format!("[runtime frame {slot:#x}]"),
+        file: None,
+        line: None,
+        module: "[runtime]".into(),
+        offset: slot,
+        inlined: false,
+    }
+}
+
+/// How long to keep retrying a process whose runtime is not ready, and how often.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Every room, and which process each one walks.
+pub struct Runtimes {
+    /// Set when runtimes are off (and why), e.g. no BTF for the thread pointer.
+    disabled: Option<String>,
+    python: python::Python,
+    status: BTreeMap<u32, RuntimeProcess>,
+    /// Processes to look at again: (next try, first try).
+    pending: HashMap<u32, (Instant, Instant)>,
+    /// Processes seen unready, with the reason, for the summary.
+    pending_why: HashMap<u32, String>,
+}
+
+impl Runtimes {
+    /// `disabled`: why runtime walking is off (None: on).
+    pub fn new(disabled: Option<String>) -> Runtimes {
+        if let Some(why) = &disabled {
+            info!("runtime frames (Python) are off: {why}");
+        }
+        Runtimes {
+            disabled,
+            python: python::Python::default(),
+            status: BTreeMap::new(),
+            pending: HashMap::new(),
+            pending_why: HashMap::new(),
+        }
+    }
+
+    /// Looks at a process (adopted, exec'd, new code mapped); returns the probes to attach.
+    /// `fresh`: a new image (adopted, or after execve): look again even at a process already
+    /// walked.
+    pub fn observe(&mut self, bpf: &mut Ebpf, pid: u32, fresh: bool) -> Vec<RuntimeProbe> {
+        if self.disabled.is_some() {
+            return Vec::new();
+        }
+        let observed = self.python.observe(bpf, pid, fresh);
+        if !matches!(observed, Observed::Walked { .. }) {
+            // Nothing of an earlier image may stay for the walker.
+            remove_ranges(bpf, pid);
+            self.python.forget(bpf, pid);
+            if !matches!(observed, Observed::Unsupported(_)) {
+                self.status.remove(&pid);
+            }
+        }
+        match observed {
+            Observed::No => {
+                self.pending.remove(&pid);
+                Vec::new()
+            }
+            Observed::Later(why) => {
+                let now = Instant::now();
+                let first = self.pending.get(&pid).map_or(now, |p| p.1);
+                if now.duration_since(first) > RETRY_FOR {
+                    self.pending.remove(&pid);
+                    warn!("pid {pid}: Python frames missing: {why} (gave up after {}s)", RETRY_FOR.as_secs());
+                    self.pending_why.insert(pid, why);
+                } else {
+                    debug!("pid {pid}: Python not ready ({why}); trying again");
+                    self.pending.insert(pid, (now + RETRY_EVERY, first));
+                    self.pending_why.insert(pid, why);
+                }
+                Vec::new()
+            }
+            Observed::Walked { ranges, probes, status } => {
+                self.pending.remove(&pid);
+                self.pending_why.remove(&pid);
+                if let Err(err) = load_ranges(bpf, pid, python_kind(), &ranges) {
+                    warn!("pid {pid}: Python frames missing: cannot load its code ranges: {err}");
+                    return Vec::new();
+                }
+                if self.status.get(&pid) != Some(&status) {
+                    info!(
+                        "pid {pid}: Python {} ({}): Python frames on; object allocator: {}",
+                        status.version,
+                        status.object,
+                        status.details.get("object_allocator").map_or("-", String::as_str)
+                    );
+                }
+                self.status.insert(pid, status);
+                probes
+            }
+            Observed::Unsupported(status) => {
+                self.pending.remove(&pid);
+                self.pending_why.remove(&pid);
+                if self.status.get(&pid) != Some(&status) {
+                    warn!(
+                        "pid {pid}: Python frames missing: {} ({}): {}",
+                        status.version,
+                        status.object,
+                        status.why.as_deref().unwrap_or("")
+                    );
+                }
+                self.status.insert(pid, status);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Looks again at processes whose runtime was not ready; returns the probes to attach.
+    pub fn poll(&mut self, bpf: &mut Ebpf) -> Vec<RuntimeProbe> {
+        let now = Instant::now();
+        let due: Vec<u32> = self.pending.iter().filter(|(_, (t, _))| *t <= now).map(|(p, _)| *p).collect();
+        due.into_iter().flat_map(|pid| self.observe(bpf, pid, true)).collect()
+    }
+
+    /// The process exited: its kernel entries go; what was learned from it stays (its stacks
+    /// are still to be named).
+    pub fn forget(&mut self, bpf: &mut Ebpf, pid: u32) {
+        self.pending.remove(&pid);
+        remove_ranges(bpf, pid);
+        self.python.forget(bpf, pid);
+    }
+
+    /// Names the runtime frames of a new stack of `pid` now, while its memory is readable.
+    pub fn prefetch(&mut self, pid: u32, ips: &[u64]) {
+        let mut i = 0;
+        while i + 1 < ips.len() {
+            if slot_kind(ips[i]).is_some() {
+                let _ = self.frames(pid, ips[i], ips[i + 1]);
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Every process with a runtime, for `summary.json`.
+    pub fn report(&self) -> Vec<RuntimeProcess> {
+        let mut out: Vec<RuntimeProcess> = self.status.values().cloned().collect();
+        for (pid, why) in &self.pending_why {
+            if !self.status.contains_key(pid) {
+                out.push(RuntimeProcess {
+                    pid: *pid,
+                    runtime: "python",
+                    frames: "pending",
+                    why: Some(why.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        out.sort_by_key(|r| r.pid);
+        out
+    }
+
+    /// A frame to add at the leaf of a stack (leaf first) that a runtime recognises as its own
+    /// heap (CPython's pymalloc arenas, when its objects are not tracked one by one).
+    pub fn heap_frame(&self, pid: u32, stack: &[u64]) -> Option<Frame> {
+        self.python.arena_frame(pid, stack)
+    }
+
+    /// Frames that could not be named, by reason (for `summary.json`).
+    pub fn unresolved(&self) -> BTreeMap<String, u64> {
+        self.python.unresolved()
+    }
+}
+
+impl RuntimeFrames for Runtimes {
+    fn frames(&mut self, pid: u32, slot: u64, detail: u64) -> Vec<Frame> {
+        match slot_kind(slot) {
+            Some(k) if k == python_kind() => vec![self.python.frame(pid, slot, detail)],
+            _ => vec![unnamed(slot)],
+        }
+    }
+}
+
+fn python_kind() -> u32 {
+    memprof_common::runtime::RUNTIME_PYTHON
+}
+
+/// Takes `pid`'s runtime code ranges back from the walker.
+fn remove_ranges(bpf: &mut Ebpf, pid: u32) {
+    if let Some(Ok(mut m)) = bpf.map_mut("PROC_RUNTIMES").map(BpfHashMap::<_, u32, ProcRuntime>::try_from) {
+        let _ = m.remove(&pid);
+    }
+}
+
+/// Hands the walker `pid`'s runtime code ranges.
+fn load_ranges(bpf: &mut Ebpf, pid: u32, kind: u32, ranges: &[(u64, u64)]) -> Result<(), String> {
+    let mut value = ProcRuntime { kind, count: 0, ranges: [RuntimeRange::default(); MAX_RUNTIME_RANGES] };
+    for (i, &(start, end)) in ranges.iter().take(MAX_RUNTIME_RANGES).enumerate() {
+        value.ranges[i] = RuntimeRange { start, end };
+        value.count = i as u32 + 1;
+    }
+    let mut m = bpf
+        .map_mut("PROC_RUNTIMES")
+        .map(BpfHashMap::<_, u32, ProcRuntime>::try_from)
+        .ok_or("BPF map PROC_RUNTIMES is missing")?
+        .map_err(|e| e.to_string())?;
+    m.insert(pid, value, 0).map_err(|e| e.to_string())
+}
+
+/// The offset of `thread.fsbase` in the kernel's `task_struct`, from its BTF
+/// (`/sys/kernel/btf/vmlinux`): where the kernel side finds a thread's user thread pointer.
+pub fn task_fsbase_offset() -> Result<u64, String> {
+    use btf_rs::{Btf, Type};
+    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| format!("no kernel BTF: {e}"))?;
+    let member_offset = |ty: &Type, name: &str| -> Option<(u32, Type)> {
+        let Type::Struct(s) = ty else { return None };
+        s.members.iter().find_map(|m| {
+            (btf.resolve_name(m).ok()? == name).then(|| Some((m.bit_offset(), btf.resolve_chained_type(m).ok()?)))?
+        })
+    };
+    for task in btf.resolve_types_by_name("task_struct").map_err(|e| e.to_string())? {
+        let Some((thread_bits, thread)) = member_offset(&task, "thread") else { continue };
+        let Some((fs_bits, _)) = member_offset(&thread, "fsbase") else { continue };
+        if thread_bits % 8 == 0 && fs_bits % 8 == 0 {
+            return Ok(u64::from(thread_bits / 8 + fs_bits / 8));
+        }
+    }
+    Err("the kernel's BTF has no task_struct.thread.fsbase".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsbase_offset_from_btf() {
+        // This machine's kernel has BTF (memprof's CFI walker and tracepoints rely on it too).
+        let off = task_fsbase_offset().unwrap();
+        assert!(off > 1000 && off < 20000 && off % 8 == 0, "{off}");
+    }
+}
