@@ -199,6 +199,8 @@ pub enum MemEventKind {
     /// A new stack with runtime frames was stored (`stack_id`): userspace names its runtime
     /// frames at once, while the process's memory can still be read.
     NewStack = 8,
+    /// `mprotect(addr, len, prot)` outside any allocator call; `new_addr` is `prot`.
+    Mprotect = 9,
 }
 
 /// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
@@ -211,7 +213,7 @@ pub struct MemEvent {
     pub tgid: u32,
     pub addr: u64,
     pub len: u64,
-    /// mremap: the new address and length.
+    /// mremap: the new address and length; mmap and mprotect: `new_addr` is the protection.
     pub new_addr: u64,
     pub new_len: u64,
     pub ts_ns: u64,

@@ -126,7 +126,8 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
         }
         return 0;
     }
-    save(MemEventKind::Mmap, 0, arg(&ctx, 1), 0);
+    // `new_len` carries the protection to sys_exit.
+    save(MemEventKind::Mmap, 0, arg(&ctx, 1), arg(&ctx, 2));
     0
 }
 
@@ -143,7 +144,11 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
             Some(regs) => unwind(tgid, regs, false),
             None => NO_STACK,
         };
-        (if id == NO_STACK { -1 } else { id as i64 }, 0)
+        // The frameless syscall wrapper's return address, kept beside the stack: a process
+        // walked before its tables were complete (just exec'd, its C library not tabled yet)
+        // goes by frame pointers there, which skip the wrapper's caller; userspace uses it only
+        // where the walk lost it.
+        (if id == NO_STACK { -1 } else { id as i64 }, leaf_return_address())
     } else {
         let id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
             Ok(id) => id,
@@ -159,7 +164,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
         tgid,
         addr: ret,
         len: page_round(args.len),
-        new_addr: 0,
+        new_addr: args.new_len,
         new_len: 0,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
@@ -194,6 +199,31 @@ pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack_id: -1,
         leaf_ret: 0,
+    });
+    0
+}
+
+/// mprotect: a reservation committed (or decommitted) range by range.
+#[tracepoint]
+pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+    if rss_mode() {
+        return 0;
+    }
+    save(MemEventKind::Mprotect, arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
+    let Some(args) = take(MemEventKind::Mprotect) else { return 0 };
+    if arg(&ctx, 0) != 0 {
+        return 0;
+    }
+    emit(MemEvent {
+        addr: args.addr,
+        len: page_round(args.len),
+        new_addr: args.new_len,
+        ..event(MemEventKind::Mprotect, (current() >> 32) as u32)
     });
     0
 }

@@ -3,20 +3,17 @@
 //! Kept light on purpose: no dependency on the memprof crates.
 
 mod bench;
+mod demo;
 mod bench_python;
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::{fs::symlink, io::AsRawFd, process::CommandExt},
+    os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, ExitStatus, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
+    process::{Command, ExitCode, Stdio},
 };
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -39,7 +36,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Profile a leaking demo program in its own cgroup for 20 s (root needed).
+    /// Profile a leaking Python API service in a podman container for 40 s (root needed).
     Demo,
     /// Setup, build, then measure memprof's cost next to no profiler and memleak-bpfcc
     /// (installed if missing), and on Python next to memray (from PyPI) and tracemalloc, and
@@ -80,7 +77,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Demo => {
             setup()?;
             build()?;
-            demo()
+            demo::demo()
         }
         Task::Bench { quick, python_only } => {
             setup()?;
@@ -163,16 +160,7 @@ fn privileged(program: &str) -> Command {
     }
 }
 
-/// The cgroup v2 mount point from /proc/self/mountinfo.
-fn cgroup2_mount() -> Result<PathBuf> {
-    mount_point_of("cgroup2")?.ok_or_else(|| anyhow!("no cgroup2 file system is mounted"))
-}
-
-/// The first mount point with file-system type `fstype` (with its octal escapes undone).
-fn mount_point_of(fstype: &str) -> Result<Option<PathBuf>> {
-    Ok(mount_points(fstype)?.into_iter().next())
-}
-
+/// The mount points with file-system type `fstype` (with their octal escapes undone).
 fn mount_points(fstype: &str) -> Result<Vec<PathBuf>> {
     let info =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
@@ -441,201 +429,5 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("MEMPROF_BIN", target_dir().join("release/memprof")))?;
     eprintln!("xtask: all tests passed");
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// demo
-// ---------------------------------------------------------------------------------------------
-
-/// The fixture flags the integration tests use.
-const FIXTURE_CFLAGS: &[&str] = &[
-    "-O1",
-    "-g",
-    "-fno-omit-frame-pointer",
-    "-fno-inline",
-    "-pthread",
-    "-Wall",
-];
-
-/// A cgroup removed on drop (processes still inside are moved to the parent first).
-struct DemoCgroup(PathBuf);
-
-impl Drop for DemoCgroup {
-    fn drop(&mut self) {
-        let parent = self.0.parent().unwrap().join("cgroup.procs");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            for pid in fs::read_to_string(self.0.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = fs::write(&parent, pid.trim());
-            }
-            match fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e) if Instant::now() > deadline => {
-                    eprintln!("xtask: cannot remove {}: {e}", self.0.display());
-                    return;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-}
-
-/// A child killed (by its own PID) and reaped on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Restores the default SIGINT disposition in a child (the demo ignores SIGINT itself, so that
-/// Ctrl-C stops memprof, which writes its results, and the demo still cleans up).
-fn default_sigint(cmd: &mut Command) {
-    // SAFETY: signal(2) is async-signal-safe; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-}
-
-fn demo() -> Result<()> {
-    ensure!(
-        is_root(),
-        "cargo xtask demo needs root (BPF, cgroups): run it as root"
-    );
-    let root = workspace_root();
-    let memprof = target_dir().join("release/memprof");
-
-    // The fixture: three threads, a steady leak, a cache that fills then evicts, and churn, for
-    // 18 s (memprof runs 20 s).
-    let fixtures = target_dir().join("fixtures");
-    fs::create_dir_all(&fixtures)?;
-    let leaky = fixtures.join("trends");
-    run(Command::new("gcc")
-        .args(FIXTURE_CFLAGS)
-        .arg(root.join("tests/fixtures/trends.c"))
-        .arg("-o")
-        .arg(&leaky))?;
-
-    // Its cgroup.
-    let name = format!("memprof-demo-{}", std::process::id());
-    let cg = DemoCgroup(cgroup2_mount()?.join(&name));
-    fs::create_dir(&cg.0).with_context(|| format!("creating cgroup {}", cg.0.display()))?;
-
-    // SIGINT (Ctrl-C) goes to memprof, which then finishes and writes its results; the demo
-    // ignores it so that it still cleans up.
-    // SAFETY: setting a signal disposition.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cg.0.join("cgroup.procs"))?;
-    let fd = procs.as_raw_fd();
-    let mut cmd = Command::new(&leaky);
-    cmd.arg("18").stdin(Stdio::null()).stdout(Stdio::piped());
-    default_sigint(&mut cmd);
-    // SAFETY: write(2) between fork and exec; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut fixture = Guard(cmd.spawn().context("starting the demo program")?);
-    drop(procs);
-    let fixture_pid = fixture.0.id();
-    let (line_tx, lines) = mpsc::channel::<String>();
-    let stdout = fixture.0.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
-    let ready = lines
-        .recv_timeout(Duration::from_secs(20))
-        .context("the demo program did not start")?;
-    ensure!(
-        ready.starts_with("ready "),
-        "unexpected first line from the demo program: {ready:?}"
-    );
-    eprintln!(
-        "xtask: demo program {} (pid {fixture_pid}) runs in cgroup {name}",
-        leaky.display()
-    );
-
-    // memprof.
-    let out = target_dir().join("demo");
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    let mut cmd = Command::new(&memprof);
-    cmd.args([
-        "--cgroup",
-        &name,
-        "--duration",
-        "20s",
-        "--interval",
-        "1s",
-        "--output",
-    ])
-    .arg(format!("{}/", out.display()))
-    .stdin(Stdio::null())
-    .stderr(Stdio::piped());
-    default_sigint(&mut cmd);
-    eprintln!("+ {}", describe(&cmd));
-    let mut mp = Guard(
-        cmd.spawn()
-            .with_context(|| format!("starting {}", memprof.display()))?,
-    );
-    let stderr = mp.0.stderr.take().unwrap();
-    let (attached_tx, attached) = mpsc::channel::<()>();
-    let echo = thread::spawn(move || {
-        let mut err = std::io::stderr();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(err, "{line}");
-            if line.starts_with("memprof: attached") {
-                let _ = attached_tx.send(());
-            }
-        }
-    });
-    match attached.recv_timeout(Duration::from_secs(60)) {
-        Ok(()) => {
-            // The go signal.
-            // SAFETY: kill(2) on our own, unreaped child.
-            unsafe { libc::kill(fixture_pid as libc::pid_t, libc::SIGUSR1) };
-            eprintln!("xtask: sent the go signal (SIGUSR1) to the demo program");
-            if let Ok(truth) = lines.recv_timeout(Duration::from_secs(60)) {
-                eprintln!("xtask: the demo program reports what it leaked: {truth}");
-            }
-        }
-        Err(_) => eprintln!("xtask: memprof did not attach"),
-    }
-    let status: ExitStatus = mp.0.wait()?;
-    let _ = echo.join();
-    drop(fixture);
-    drop(cg);
-    ensure!(status.success(), "memprof failed ({status})");
-    let svg = out.join("leaks.svg");
-    println!();
-    println!("flame graph: {}", svg.display());
-    println!("report (open in a browser): {}", out.join("report.html").display());
-    println!("all results: {}", out.display());
-    if !svg.is_file() {
-        bail!("{} was not written", svg.display());
-    }
     Ok(())
 }

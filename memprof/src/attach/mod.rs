@@ -9,6 +9,7 @@
 //! Order matters for exactness: `free` first, then the return probes, then the entry probes, so
 //! no block can be recorded whose free would go unseen, and no entry lacks its return probe.
 
+pub mod alloc_code;
 pub mod elf;
 pub mod entry_placement;
 pub mod placement;
@@ -113,6 +114,8 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_exit_munmap", "sys_exit_munmap", true),
     ("syscalls", "sys_enter_mremap", "sys_enter_mremap", true),
     ("syscalls", "sys_exit_mremap", "sys_exit_mremap", true),
+    ("syscalls", "sys_enter_mprotect", "sys_enter_mprotect", true),
+    ("syscalls", "sys_exit_mprotect", "sys_exit_mprotect", true),
     ("sched", "sched_process_exec", "sched_process_exec", false),
     ("oom", "mark_victim", "oom_mark_victim", false),
 ];
@@ -152,21 +155,10 @@ pub struct Probes {
     placements: HashMap<(ObjectKey, &'static str), Placement>,
     /// Runtime probes placed: (pid, address, program).
     runtime_attached: std::collections::HashSet<(u32, u64, &'static str)>,
-    /// Per process, where allocator code is (see [`Probes::allocator_internal`]).
-    alloc_code: HashMap<u32, AllocCode>,
     /// Probe offsets of runtime functions: (object, function file offset) → bytes past entry.
     runtime_placements: HashMap<(ObjectKey, u64), u64>,
 }
 
-/// Where one process's allocator code is.
-#[derive(Clone, Debug, Default)]
-struct AllocCode {
-    /// `[start, end)` of every allocator function probed (runtime addresses).
-    funcs: Vec<(u64, u64)>,
-    /// Executable mappings of shared objects that define allocator functions (libc, jemalloc,
-    /// tcmalloc, mimalloc; not the program itself, whose own code may also call mmap).
-    objects: Vec<(u64, u64)>,
-}
 
 impl Probes {
     /// Loads the BPF object with the scope and map sizes as load-time settings, and attaches the
@@ -226,7 +218,6 @@ impl Probes {
             retired_links: 0,
             placements: HashMap::new(),
             runtime_attached: Default::default(),
-            alloc_code: HashMap::new(),
             runtime_placements: HashMap::new(),
         })
     }
@@ -313,7 +304,6 @@ impl Probes {
 
     fn attach_object(&mut self, pid: u32, e: &MapEntry, info: &ElfInfo) -> usize {
         let path = maps::map_files_path(pid, e);
-        self.note_allocator_code(pid, e, info);
         let Some(pid_nz) = std::num::NonZeroU32::new(pid) else { return 0 };
         let mut placed = 0;
         // free first, then returns, then entries (see the module documentation).
@@ -449,46 +439,11 @@ impl Probes {
         placed.offset
     }
 
-    /// Records where the allocator functions of `info` lie in `pid` (mapped by `e`).
-    fn note_allocator_code(&mut self, pid: u32, e: &MapEntry, info: &ElfInfo) {
-        let code = self.alloc_code.entry(pid).or_default();
-        for sym in &info.symbols {
-            if sym.file_offset >= e.offset && sym.file_offset < e.offset + (e.end - e.start) {
-                let start = e.start + (sym.file_offset - e.offset);
-                code.funcs.push((start, start + sym.size.max(1)));
-            }
-        }
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-        if exe != Some(e.inode) {
-            code.objects.push((e.start, e.end));
-        }
-    }
-
-    /// Whether an anonymous mapping made by `pid` with `stack` (leaf first: the syscall
-    /// wrapper, then its caller...) is an allocator's own: some frame is inside an allocator
-    /// function (glibc creating a thread's arena inside `free`, `malloc_trim`, a thread's exit),
-    /// or the wrapper was called from an allocator library's code (its own heaps and
-    /// reservations, background threads). The blocks such an allocator hands out are counted one
-    /// by one; its mappings would count them twice.
-    pub fn allocator_internal(&self, pid: u32, stack: &[u64]) -> bool {
-        let Some(code) = self.alloc_code.get(&pid) else { return false };
-        let inside = |ranges: &[(u64, u64)], pc: u64| ranges.iter().any(|&(s, e)| s <= pc && pc < e);
-        let in_func = stack.iter().enumerate().any(|(i, &ip)| {
-            if memprof_common::runtime::slot_kind(ip).is_some() {
-                return false;
-            }
-            let pc = if i == 0 { ip } else { ip.wrapping_sub(1) };
-            inside(&code.funcs, pc)
-        });
-        in_func || stack.get(1).is_some_and(|&ret| inside(&code.objects, ret.wrapping_sub(1)))
-    }
-
     /// Forgets which objects an exited process had probes on, so a new process that reuses
     /// its pid is probed afresh. The old links stay attached until the end (see `run/session.rs`:
     /// detaching them early disarmed new probes); they filter on the dead task and never fire.
     pub fn forget_process(&mut self, pid: u32) {
         self.attached.remove(&pid);
-        self.alloc_code.remove(&pid);
         self.runtime_attached.retain(|(p, _, _)| *p != pid);
         if let Some(links) = self.links.remove(&pid) {
             self.retired_links += links.len();

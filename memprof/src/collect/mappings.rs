@@ -1,5 +1,9 @@
 //! Anonymous mappings made directly by the target (not by its allocator), kept per process as an
 //! interval map so partial munmaps split them and mremap moves them. Each byte is kept once.
+//!
+//! Only accessible bytes count: a reservation made `PROT_NONE` (address space set aside for a
+//! heap, a runtime's reserved range, a guard) holds no memory until parts of it are made
+//! accessible with `mprotect`, which is followed range by range (and back to `PROT_NONE`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,6 +18,8 @@ pub struct MappingOrigin {
 struct Region {
     end: u64,
     origin: MappingOrigin,
+    /// Not `PROT_NONE`: its bytes count.
+    accessible: bool,
 }
 
 /// Live anonymous mappings of every process.
@@ -25,16 +31,52 @@ pub struct Mappings {
 }
 
 impl Mappings {
-    /// A new mapping [addr, addr+len). An overlapping old record (MAP_FIXED over it) is replaced.
-    pub fn map(&mut self, pid: u32, addr: u64, len: u64, origin: MappingOrigin) {
+    /// A new mapping [addr, addr+len) (`accessible`: not `PROT_NONE`). An overlapping old
+    /// record (MAP_FIXED over it) is replaced.
+    pub fn map(&mut self, pid: u32, addr: u64, len: u64, origin: MappingOrigin, accessible: bool) {
         if len == 0 {
             return;
         }
         self.unmap(pid, addr, len);
-        self.by_pid.entry(pid).or_default().insert(addr, Region { end: addr + len, origin });
+        self.by_pid.entry(pid).or_default().insert(addr, Region { end: addr + len, origin, accessible });
         let t = self.totals.entry((pid, origin)).or_default();
         t.0 += 1;
-        t.1 += len;
+        if accessible {
+            t.1 += len;
+        }
+    }
+
+    /// `mprotect`: the tracked parts of [addr, addr+len) become accessible or not.
+    pub fn protect(&mut self, pid: u32, addr: u64, len: u64, accessible: bool) {
+        let Some(regions) = self.by_pid.get_mut(&pid) else { return };
+        let end = addr.saturating_add(len);
+        let overlapping: Vec<(u64, Region)> = regions
+            .range(..end)
+            .rev()
+            .take_while(|(_, r)| r.end > addr)
+            .map(|(s, r)| (*s, *r))
+            .collect();
+        let mut committed = Vec::new();
+        for (start, r) in overlapping {
+            if r.accessible == accessible {
+                continue;
+            }
+            regions.remove(&start);
+            let (mid_start, mid_end) = (start.max(addr), r.end.min(end));
+            if start < mid_start {
+                regions.insert(start, Region { end: mid_start, ..r });
+            }
+            regions.insert(mid_start, Region { end: mid_end, accessible, ..r });
+            if mid_end < r.end {
+                regions.insert(mid_end, r);
+            }
+            if accessible {
+                committed.push((r.origin, mid_end - mid_start));
+            }
+        }
+        for (origin, bytes) in committed {
+            self.totals.entry((pid, origin)).or_default().1 += bytes;
+        }
     }
 
     /// Removes [addr, addr+len) from whatever records overlap it, splitting them as needed.
@@ -50,10 +92,10 @@ impl Mappings {
         for (start, r) in overlapping {
             regions.remove(&start);
             if start < addr {
-                regions.insert(start, Region { end: addr, origin: r.origin });
+                regions.insert(start, Region { end: addr, ..r });
             }
             if r.end > end {
-                regions.insert(end, Region { end: r.end, origin: r.origin });
+                regions.insert(end, Region { end: r.end, ..r });
             }
         }
     }
@@ -62,15 +104,15 @@ impl Mappings {
     /// first record's origin is kept; growth is attributed to it).
     pub fn remap(&mut self, pid: u32, old: u64, old_len: u64, new: u64, new_len: u64) {
         let Some(regions) = self.by_pid.get(&pid) else { return };
-        let origin = regions
+        let first = regions
             .range(..old.saturating_add(old_len.max(1)))
             .next_back()
             .filter(|(_, r)| r.end > old)
-            .map(|(_, r)| r.origin);
-        let Some(origin) = origin else { return };
+            .map(|(_, r)| *r);
+        let Some(first) = first else { return };
         self.unmap(pid, old, old_len);
         self.unmap(pid, new, new_len);
-        self.by_pid.entry(pid).or_default().insert(new, Region { end: new + new_len, origin });
+        self.by_pid.entry(pid).or_default().insert(new, Region { end: new + new_len, ..first });
     }
 
     /// Drops a process's records; returns the bytes it still had mapped.
@@ -78,7 +120,7 @@ impl Mappings {
         self.totals.retain(|(p, _), _| *p != pid);
         self.by_pid
             .remove(&pid)
-            .map(|r| r.iter().map(|(s, r)| r.end - s).sum())
+            .map(|r| r.iter().filter(|(_, r)| r.accessible).map(|(s, r)| r.end - s).sum())
             .unwrap_or(0)
     }
 
@@ -86,7 +128,7 @@ impl Mappings {
     pub fn live(&self) -> Vec<(u32, MappingOrigin, u64, u64, u64, u64)> {
         let mut live: HashMap<(u32, MappingOrigin), (u64, u64)> = HashMap::new();
         for (pid, regions) in &self.by_pid {
-            for (start, r) in regions {
+            for (start, r) in regions.iter().filter(|(_, r)| r.accessible) {
                 let e = live.entry((*pid, r.origin)).or_default();
                 e.0 += r.end - start;
                 e.1 += 1;
@@ -119,7 +161,7 @@ mod tests {
     #[test]
     fn partial_unmaps_split() {
         let mut m = Mappings::default();
-        m.map(1, 10 * P, 4 * P, O);
+        m.map(1, 10 * P, 4 * P, O, true);
         m.unmap(1, 11 * P, P); // middle
         assert_eq!(live_bytes(&m), 3 * P);
         m.unmap(1, 10 * P, P); // head
@@ -133,9 +175,9 @@ mod tests {
     #[test]
     fn unmap_spanning_two_records_and_other_pid_untouched() {
         let mut m = Mappings::default();
-        m.map(1, 10 * P, 2 * P, O);
-        m.map(1, 12 * P, 2 * P, O);
-        m.map(2, 10 * P, 2 * P, O);
+        m.map(1, 10 * P, 2 * P, O, true);
+        m.map(1, 12 * P, 2 * P, O, true);
+        m.map(2, 10 * P, 2 * P, O, true);
         m.unmap(1, 11 * P, 2 * P);
         assert_eq!(live_bytes(&m), 2 * P + 2 * P);
         assert_eq!(m.forget(2), 2 * P);
@@ -145,7 +187,7 @@ mod tests {
     #[test]
     fn remap_moves_and_grows() {
         let mut m = Mappings::default();
-        m.map(1, 10 * P, 2 * P, O);
+        m.map(1, 10 * P, 2 * P, O, true);
         m.remap(1, 10 * P, 2 * P, 50 * P, 5 * P);
         assert_eq!(live_bytes(&m), 5 * P);
         m.unmap(1, 50 * P, 5 * P);
@@ -158,8 +200,33 @@ mod tests {
     #[test]
     fn map_fixed_over_record_replaces_it() {
         let mut m = Mappings::default();
-        m.map(1, 10 * P, 4 * P, O);
-        m.map(1, 12 * P, 4 * P, MappingOrigin { stack_id: 2, leaf_ret: 0 });
+        m.map(1, 10 * P, 4 * P, O, true);
+        m.map(1, 12 * P, 4 * P, MappingOrigin { stack_id: 2, leaf_ret: 0 }, true);
         assert_eq!(live_bytes(&m), 6 * P);
     }
+
+    #[test]
+    fn reservations_count_as_they_are_committed() {
+        let mut m = Mappings::default();
+        // A 64-page PROT_NONE reservation: nothing accessible.
+        m.map(1, 100 * P, 64 * P, O, false);
+        assert_eq!(live_bytes(&m), 0);
+        // Commit 4 pages, then 2 more next to them, then 3 inside the first (no change).
+        m.protect(1, 100 * P, 4 * P, true);
+        m.protect(1, 104 * P, 2 * P, true);
+        m.protect(1, 101 * P, 3 * P, true);
+        assert_eq!(live_bytes(&m), 6 * P);
+        // Decommit one in the middle.
+        m.protect(1, 102 * P, P, false);
+        assert_eq!(live_bytes(&m), 5 * P);
+        // Outside any tracked mapping: ignored.
+        m.protect(1, 500 * P, 4 * P, true);
+        assert_eq!(live_bytes(&m), 5 * P);
+        // munmap of the whole reservation.
+        m.unmap(1, 100 * P, 64 * P);
+        assert_eq!(live_bytes(&m), 0);
+        assert_eq!(m.forget(1), 0);
+    }
+
 }
+

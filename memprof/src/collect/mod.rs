@@ -14,6 +14,8 @@ use memprof_common::{unwind::UnwoundStack, AllocKey, COUNTER_COUNT, Counter, Mem
 
 use mappings::{MappingOrigin, Mappings};
 
+const PROT_NONE: u64 = 0;
+
 /// Stack id the kernel records when it could not capture a stack.
 pub const NO_STACK: u32 = u32::MAX;
 
@@ -109,6 +111,11 @@ impl Collector {
         })
     }
 
+    /// The ring buffer's file descriptor (readable when the kernel wrote events).
+    pub fn events_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.events)
+    }
+
     /// Applies every pending mapping event and returns what the caller must act on.
     /// `allocator_internal(pid, stack)`: whether an anonymous mapping made with that stack (leaf
     /// first) belongs to an allocator (its own heaps and reservations: the blocks it hands out
@@ -134,7 +141,7 @@ impl Collector {
                     let stack_id = if ev.stack_id < 0 { NO_STACK } else { ev.stack_id as u32 };
                     notices.push(Notice::Mapped(ev.tgid));
                     let mut ips = self.stack(bpf, stack_id).ips;
-                    if ev.leaf_ret != 0 && !ips.is_empty() {
+                    if ev.leaf_ret != 0 && !ips.is_empty() && ips.get(1) != Some(&ev.leaf_ret) {
                         ips.insert(1, ev.leaf_ret);
                     }
                     if allocator_internal(ev.tgid, &ips) {
@@ -142,7 +149,10 @@ impl Collector {
                         continue;
                     }
                     let origin = MappingOrigin { stack_id, leaf_ret: ev.leaf_ret };
-                    self.mappings.map(ev.tgid, ev.addr, ev.len, origin);
+                    self.mappings.map(ev.tgid, ev.addr, ev.len, origin, ev.new_addr != PROT_NONE);
+                }
+                k if k == MemEventKind::Mprotect as u32 => {
+                    self.mappings.protect(ev.tgid, ev.addr, ev.len, ev.new_addr != PROT_NONE)
                 }
                 k if k == MemEventKind::Munmap as u32 => self.mappings.unmap(ev.tgid, ev.addr, ev.len),
                 k if k == MemEventKind::Mremap as u32 => {

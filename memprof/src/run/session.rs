@@ -13,7 +13,7 @@ use memprof_common::{LEAF_PREPEND, unwind::STACK_FIRST_EXACT};
 use super::{Config, Failure, finish::class_name, title};
 use crate::{
     analyze::{self, Class, History, Series},
-    attach::Probes,
+    attach::{Probes, alloc_code::AllocatorCode},
     collect::{Collector, NO_STACK, Notice, Snapshot, StackRef},
     output,
     report::{Frame, OomKill, SnapshotInfo, StackReport},
@@ -62,6 +62,8 @@ pub(super) struct Session {
     pub(super) ended: Option<Instant>,
     /// Runtimes whose frames are read from the processes (Python).
     pub(super) runtimes: Runtimes,
+    /// Where each process's allocator code is (its own mappings are left out).
+    pub(super) alloc_code: AllocatorCode,
 }
 
 pub(super) async fn profile(config: Config) -> Result<(), Failure> {
@@ -78,6 +80,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     let runtimes = Runtimes::new(config.runtimes_off.clone());
     let mut s = Session {
         runtimes,
+        alloc_code: AllocatorCode::default(),
         config,
         probes,
         collector,
@@ -143,7 +146,25 @@ impl Session {
         let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
         let mut next_snapshot = Instant::now() + self.config.interval;
         let mut next_progress = Instant::now();
+        // The event ring buffer wakes the loop as soon as the kernel writes to it, so that a new
+        // process's code (its C library, mapped by the dynamic loader right after execve) gets
+        // its unwind tables and probes within a millisecond, before its threads allocate.
+        // SAFETY: the ring buffer's descriptor is owned by the collector, which outlives this
+        // loop (the AsyncFd is dropped when the loop returns) and never replaces it.
+        let ring = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self.collector.events_fd(), tokio::io::Interest::READABLE)
+        }
+        .ok();
         loop {
+            let events = async {
+                match ring.as_ref() {
+                    Some(r) => match r.readable().await {
+                        Ok(mut g) => g.clear_ready(),
+                        Err(_) => std::future::pending::<()>().await,
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let term = async {
                 match sigterm.as_mut() {
                     Some(s) => {
@@ -170,6 +191,10 @@ impl Session {
                 _ = int => return "signal",
                 _ = term => return "signal",
                 _ = until_deadline => return "duration",
+                _ = events => {
+                    self.drain_events();
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             self.drain_events();
@@ -223,9 +248,9 @@ impl Session {
     }
 
     pub(super) fn drain_events(&mut self) {
-        let probes = &self.probes;
-        let mut internal = |pid: u32, stack: &[u64]| probes.allocator_internal(pid, stack);
-        let notices = self.collector.drain_events(&probes.bpf, &mut internal);
+        let code = &mut self.alloc_code;
+        let mut internal = |pid: u32, stack: &[u64]| code.is_internal(pid, stack);
+        let notices = self.collector.drain_events(&self.probes.bpf, &mut internal);
         for notice in notices {
             match notice {
                 Notice::Mapped(pid) if !self.is_tracked(pid) => self.adopt(pid),
@@ -243,6 +268,7 @@ impl Session {
                         self.frames.retain(|r, _| r.pid != pid);
                         self.load_unwind(pid);
                         self.probes.attach_process(pid);
+                        self.alloc_code.refresh(pid);
                         self.observe_runtimes(pid, true);
                         if let Some(p) = self.processes.get_mut(&pid) {
                             p.comm = target::procs::comm(pid).unwrap_or_default();
@@ -256,6 +282,7 @@ impl Session {
                         self.symbolizer.observe_process(pid);
                         self.load_unwind(pid);
                         self.probes.attach_process(pid);
+                        self.alloc_code.refresh(pid);
                         self.observe_runtimes(pid, false);
                     } else {
                         self.adopt(pid);
@@ -311,6 +338,7 @@ impl Session {
             // descriptors per exited process; see raise_fd_limit().
             self.probes.forget_process(pid);
             self.runtimes.forget(&mut self.probes.bpf, pid);
+            self.alloc_code.forget(pid);
             self.symbolizer.forget_process(pid);
             if let Some(u) = self.unwinder.as_mut() {
                 u.forget_process(&mut self.probes.bpf, pid);
@@ -486,7 +514,11 @@ impl Session {
         let st = self.collector.stack(&self.probes.bpf, r.stack_id);
         let mut ips = st.ips;
         if let Some(flags) = st.flags {
-            // A CFI walk: every address is a real frame.
+            // A CFI walk: every address is a real frame. A process walked before its tables were
+            // loaded lost the syscall wrapper's caller, kept beside the stack.
+            if r.leaf_ret != 0 && ips.get(1) != Some(&r.leaf_ret) && self.symbolizer.is_return_address(r.pid, r.leaf_ret) {
+                ips.insert(1.min(ips.len()), r.leaf_ret);
+            }
             self.stack_flags.insert(*r, flags);
             let opts = StackOpts { first_exact: flags & STACK_FIRST_EXACT != 0, trust_all: true };
             let mut frames = self.symbolizer.symbolize_stack_with(r.pid, &ips, opts, &mut self.runtimes);
