@@ -202,8 +202,9 @@ pub struct RuntimesInfo {
 }
 
 impl RuntimesInfo {
-    /// One line for the terminal and the report, when there is any runtime.
-    pub fn describe(&self) -> Option<String> {
+    /// One line for the terminal and the report, when there is any runtime (`mode`: the
+    /// report's, `allocations` or `rss`).
+    pub fn describe(&self, mode: &str) -> Option<String> {
         if self.processes.is_empty() {
             return None;
         }
@@ -225,7 +226,9 @@ impl RuntimesInfo {
             line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));
         }
         let objects: Vec<&str> = walked.iter().filter_map(|p| p.details.get("object_allocator")).map(String::as_str).collect();
-        if let Some(o) = objects.first() {
+        if mode == "rss" {
+            line.push_str("; Python objects by the pages they fill");
+        } else if let Some(o) = objects.first() {
             if o.starts_with("not probed") {
                 line.push_str("; Python objects are counted as the pymalloc arenas holding them (object allocator inlined by an optimised build)");
             } else {

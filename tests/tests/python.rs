@@ -248,28 +248,35 @@ fn python_forked_workers() {
     }
 }
 
-/// `--mode rss`: no uprobes; pages by the stack that touched them first, with Python frames.
+/// `--mode rss`: no uprobes; pages by the stack that touched them first, with Python frames,
+/// on a build whose object allocator memprof probes and on one that inlines it (rss mode needs
+/// neither).
 #[test]
 fn python_rss_mode_names_the_leaking_functions() {
     require_root();
-    let cg = TestCgroup::new();
-    let mut fx = PyTarget::HostShared.start_with("leaky.py", &["--threads", "2"], &PyOptions { cgroup: Some(&cg), ..Default::default() });
-    let (truth, summary, _) = profile(&mut fx, Some(&cg), &["--mode", "rss"], "python-rss");
-    let mut table = String::from("--mode rss (host-shared):\n");
-    for (site, &expected) in &truth.truth.sites {
-        let measured = bytes_of(&site_stacks(&summary, &truth, site));
-        table.push_str(&format!("  {site:<14} truth {expected:>9} B  pages first touched {measured:>9} B\n"));
+    for target in [PyTarget::HostShared, PyTarget::HostStatic] {
+        let cg = TestCgroup::new();
+        let mut fx = target.start_with("leaky.py", &["--threads", "2"], &PyOptions { cgroup: Some(&cg), ..Default::default() });
+        let (truth, summary, _) = profile(&mut fx, Some(&cg), &["--mode", "rss"], &format!("python-rss-{}", target.label()));
+        let mut table = format!("--mode rss ({}):\n", target.label());
+        for (site, &expected) in &truth.truth.sites {
+            let measured = bytes_of(&site_stacks(&summary, &truth, site));
+            table.push_str(&format!(
+                "  {site:<14} truth {expected:>9} B  pages first touched {measured:>9} B ({:+.1} %)\n",
+                error_pct(expected.max(1), measured)
+            ));
+        }
+        say(&table);
+        // Large objects fill their own pages: their site gets them, to within page rounding.
+        let large = truth.truth.sites["leak_large"];
+        let measured = bytes_of(&site_stacks(&summary, &truth, "leak_large"));
+        assert!(measured as f64 >= large as f64 * 0.8 && measured as f64 <= large as f64 * 1.3, "{table}");
+        // Every leaking site is named.
+        for site in ["leak_small", "leak_large", "leak_nogil", "leak_listcomp"] {
+            assert!(!site_stacks(&summary, &truth, site).is_empty(), "{site} not named\n{table}");
+        }
+        assert_eq!(walk_failures(&summary), 0);
     }
-    say(&table);
-    // Large objects fill their own pages: their site gets them, to within page rounding.
-    let large = truth.truth.sites["leak_large"];
-    let measured = bytes_of(&site_stacks(&summary, &truth, "leak_large"));
-    assert!(measured as f64 >= large as f64 * 0.8 && measured as f64 <= large as f64 * 1.3, "{table}");
-    // Every leaking site is named.
-    for site in ["leak_small", "leak_large", "leak_nogil", "leak_listcomp"] {
-        assert!(!site_stacks(&summary, &truth, site).is_empty(), "{site} not named\n{table}");
-    }
-    assert_eq!(walk_failures(&summary), 0);
 }
 
 /// `--sample-bytes`: Python sites estimated within 10 % (objects tracked one by one).

@@ -280,6 +280,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "bench/unwind_cost.sh failed: {}",
         String::from_utf8_lossy(&unwind_table.stderr)
     );
+    let python = crate::bench_python::sections(&s);
     let mut md = report(&s, &workloads, &results, &live, started.elapsed())?;
     md.push_str(&format!(
         "\n## Unwinding\n\nWhat the stack walk costs per recorded allocation and how deep it gets \
@@ -290,7 +291,7 @@ pub fn bench(quick: bool) -> Result<()> {
          stack's frames (with `--unwind fp`, a build without frame pointers yields 1).\n\n{}\n",
         String::from_utf8_lossy(&unwind_table.stdout).trim_end()
     ));
-    md.push_str(&crate::bench_python::sections(&s));
+    md.push_str(&python);
     let path = root.join("BENCHMARKS.md");
     fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");

@@ -9,10 +9,12 @@
 //! too would count the bytes twice (and report a 64 MiB "leak" per thread).
 //!
 //! A mapping is the allocator's when a frame of its stack lies inside an allocator function
-//! (symbol start to start + size), or when the syscall wrapper was called from the code of a
-//! shared library that defines allocator functions (libc, libjemalloc…: its anonymous mappings
-//! are its heaps). Not from the program's own executable: a static binary defines malloc and
-//! calls mmap for itself too.
+//! (symbol start to start + size: glibc's arena made inside `free`), or when every frame above
+//! the syscall wrapper is code of shared libraries that define allocator functions (libc,
+//! libjemalloc…): a background thread or a thread's exit, no program code involved. A program
+//! calling mmap through an allocator library's interposed `mmap` (tcmalloc defines one) still has
+//! its own frames above it; and the program's executable never counts as allocator code (a
+//! static binary defines malloc and calls mmap for itself too).
 //!
 //! Where allocator code lies is worked out per process from its maps when first needed (a
 //! process's first mappings may come before memprof adopted it), and again after execve or
@@ -84,7 +86,9 @@ impl AllocatorCode {
             let pc = if i == 0 { ip } else { ip.wrapping_sub(1) };
             inside(&code.funcs, pc)
         });
-        in_func || stack.get(1).is_some_and(|&ret| inside(&code.objects, ret.wrapping_sub(1)))
+        let only_allocator_code = stack.len() > 1
+            && stack[1..].iter().all(|&ret| memprof_common::runtime::slot_kind(ret).is_none() && inside(&code.objects, ret.wrapping_sub(1)));
+        in_func || only_allocator_code
     }
 }
 
@@ -120,5 +124,11 @@ mod tests {
         // The program calling mmap itself.
         assert!(!a.is_internal(pid, &[mine, mine + 1, mine + 2]));
         assert!(!a.is_internal(pid, &[]));
+        // Only libc code above the wrapper (a thread's exit, a background thread): the
+        // allocator's. Program code above an allocator library's wrapper: the program's.
+        let in_libc_not_alloc = libc::strlen as *const () as u64 + 1;
+        assert!(a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, in_libc_not_alloc]));
+        assert!(!a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, mine]));
+
     }
 }

@@ -60,6 +60,7 @@ pub fn report_html(
         escape(&run_line(report)),
     );
     verdict.write(&mut page);
+    functions_section(&mut page, report);
     stacks_section(&mut page, report);
     memory_section(&mut page, report);
     oom_section(&mut page, report);
@@ -325,6 +326,42 @@ impl Verdict {
     }
 }
 
+/// Live memory by Python function (the innermost Python frame of each stack), when the target
+/// runs Python.
+fn functions_section(page: &mut String, report: &Report) {
+    let functions: Vec<_> = report.functions.iter().filter(|f| f.bytes > 0).take(TOP_STACKS).collect();
+    if functions.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<section id=\"functions\"><h2>By Python function</h2>\n<p class=\"muted\">Each stack \
+         counts for its innermost Python frame: the Python code that was running when the memory \
+         was allocated.</p><table class=\"stacks\"><thead><tr><th>class</th>\
+         <th class=\"num\">live</th><th class=\"num\">allocations</th><th class=\"num\">growth</th>\
+         <th class=\"num\">stacks</th><th>function</th><th>lines</th></tr></thead><tbody>\n",
+    );
+    for f in functions {
+        let class = if f.class.is_empty() { "unknown" } else { &f.class };
+        let lines: Vec<String> = f.lines.iter().take(5).map(u32::to_string).collect();
+        let _ = writeln!(
+            page,
+            "<tr><td><span class=\"badge {}\">{}</span></td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}<br><small>{}</small></td>\
+             <td class=\"num\">{}</td><td class=\"frames\"><b>{}</b></td><td>{}</td></tr>",
+            class_css(class),
+            escape(class),
+            human_bytes(f.bytes),
+            f.allocations,
+            human_rate(f.growth_bytes_per_s),
+            rate_per_hour(f.growth_bytes_per_s),
+            f.stacks,
+            escape(&f.function),
+            escape(&lines.join(", ")),
+        );
+    }
+    page.push_str("</tbody></table></section>\n");
+}
+
 fn stacks_section(page: &mut String, report: &Report) {
     page.push_str("<section id=\"stacks\"><h2>Top stacks by outstanding bytes</h2>\n");
     let stacks: Vec<&StackReport> = report.stacks.iter().filter(|s| s.bytes > 0).collect();
@@ -549,7 +586,7 @@ fn details_section(page: &mut String, report: &Report) {
     let alive = report.processes.iter().filter(|p| p.alive).count();
     let runtimes = report
         .runtimes
-        .describe()
+        .describe(&report.mode)
         .map(|l| {
             let bad = report.runtimes.processes.iter().any(|p| p.frames != "walked")
                 || report.runtimes.python_walk_failed.values().any(|&n| n > 0);
@@ -754,6 +791,30 @@ mod tests {
             "{}",
             v.detail
         );
+    }
+
+    #[test]
+    fn verdict_and_table_name_the_leaking_python_function() {
+        let report = Report {
+            stacks: vec![leak(&["main", "Exporter.export (app.py:57)", "PyBytes_FromStringAndSize"], 932.0)],
+            functions: vec![crate::analyze::functions::FunctionReport {
+                function: "Exporter.export (app.py)".into(),
+                file: Some("/app/app.py".into()),
+                lines: vec![57, 60],
+                bytes: 4 << 20,
+                allocations: 10,
+                growth_bytes_per_s: 932.0,
+                leak_growth_bytes_per_s: 932.0,
+                class: "leak".into(),
+                stacks: 1,
+            }],
+            duration_s: 7200.0,
+            ..Default::default()
+        };
+        let v = Verdict::of(&report);
+        assert_eq!(v.headline, "LEAK: 3.2 MiB/h in Exporter.export (app.py), line 57");
+        let page = report_html(&report, "", "", "", &[]);
+        assert!(page.contains("By Python function") && page.contains("Exporter.export (app.py)"));
     }
 
     #[test]

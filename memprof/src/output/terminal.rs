@@ -116,7 +116,7 @@ pub fn render_summary(report: &Report, top: usize) -> String {
         );
     }
 
-    if let Some(line) = report.runtimes.describe() {
+    if let Some(line) = report.runtimes.describe(&report.mode) {
         let _ = writeln!(out, "{line}");
     }
     if !report.stack_quality.unwinder.is_empty() {

@@ -87,10 +87,20 @@ impl PyElf {
     /// Reads and inspects the object at `path`; `name` is how the process maps it. None when
     /// it is not a CPython interpreter (no `_PyRuntime`, or no eval loop).
     pub fn read(path: &Path, name: &str) -> Result<Option<PyElf>, ElfError> {
+        let mut file = File::open(path).map_err(|e| ElfError::Io(name.to_string(), e))?;
+        // A quick look at the dynamic symbols first (read lazily): most objects a process maps
+        // are not interpreters, and some are large (node: 100 MB).
+        {
+            let cache = object::ReadCache::new(&mut file);
+            let Ok(obj) = object::File::parse(&cache) else { return Ok(None) };
+            let exported = |n: &str| obj.dynamic_symbols().any(|s| s.name() == Ok(n) && !s.is_undefined());
+            if !exported("_PyRuntime") {
+                return Ok(None);
+            }
+        }
         let mut data = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| ElfError::Io(name.to_string(), e))?;
+        std::io::Seek::rewind(&mut file).map_err(|e| ElfError::Io(name.to_string(), e))?;
+        file.read_to_end(&mut data).map_err(|e| ElfError::Io(name.to_string(), e))?;
         Self::parse(&data, name)
     }
 
