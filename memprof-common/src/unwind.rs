@@ -9,7 +9,7 @@
 
 /// Slots of a recorded stack: a native frame takes one, a runtime frame two (see
 /// [`crate::runtime`]). The native walk takes at most this many steps.
-pub const UNWIND_MAX_DEPTH: usize = 128;
+pub const UNWIND_MAX_DEPTH: usize = 256;
 
 /// CFA = `%rsp` + `cfa_offset`.
 pub const CFA_RSP: u8 = 0;

@@ -51,8 +51,9 @@ static PY_CUR: PerCpuArray<PyProc> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PY_WINDOW: PerCpuArray<[u8; PY_FRAME_READ_MAX as usize]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Python frames one activation may record (3.11+ runs Python-to-Python calls in one activation).
-const MAX_FRAMES_PER_ACTIVATION: u32 = 64;
+/// Python frames one activation may record (3.11+ runs Python-to-Python calls in one activation;
+/// the stack's slots limit them anyway: 2 per frame).
+const MAX_FRAMES_PER_ACTIVATION: u32 = 128;
 /// `_PyCFrame`s of activations the native walk did not see, skipped to resync (3.11).
 const MAX_CFRAME_SKIPS: u32 = 4;
 
@@ -157,7 +158,7 @@ pub fn activation(w: &mut Walk, _st: &mut UnwoundStack, sp: u64, cfa: u64) -> bo
         _ => {
             // More frames than one activation may record: the rest are left out.
             w.flags |= STACK_RT_MISALIGNED;
-            count(Counter::PyTruncated);
+            truncated(w);
             true
         }
     }
@@ -318,9 +319,20 @@ fn record(w: &mut Walk, p: &PyProc, code: u64, instr: u64) {
     if push2(w, unsafe { &mut *st }, runtime_slot(RUNTIME_PYTHON, code), py_frame_detail(units, firstlineno)) {
         count(Counter::PyFrames);
     } else {
+        truncated(w);
+    }
+}
+
+/// Python frames were cut by a depth limit: counted once per stack.
+#[inline(always)]
+fn truncated(w: &mut Walk) {
+    if w.rt.outcome_flags & TRUNCATED_COUNTED == 0 {
+        w.rt.outcome_flags |= TRUNCATED_COUNTED;
         count(Counter::PyTruncated);
     }
 }
+
+const TRUNCATED_COUNTED: u32 = 1;
 
 /// The native walk stopped. At the outermost frame every Python frame should have been placed:
 /// any left means an activation the native walk did not recognise.

@@ -57,6 +57,9 @@ pub struct RtWalk {
     pub state: u32,
     /// The current activation's outcome (runtime-specific).
     pub outcome: u32,
+    /// Runtime-specific flags for the whole stack.
+    pub outcome_flags: u32,
+    pub _pad: u32,
 }
 
 pub const RT_NOT_STARTED: u32 = 0;
@@ -77,6 +80,8 @@ impl RtWalk {
             act_hash: 0,
             state: RT_NOT_STARTED,
             outcome: 0,
+            outcome_flags: 0,
+            _pad: 0,
         }
     }
 }

@@ -46,7 +46,9 @@ pub static PROC_UNWIND: HashMap<u32, ProcUnwind> =
 
 /// Unwound stacks by id.
 #[map]
-pub static USTACKS: HashMap<u32, UnwoundStack> = HashMap::with_max_entries(1 << 14, 0);
+/// Not preallocated: a stack is 2 KiB, and most runs store far fewer than the maximum (a new
+/// stack is rare once a service is warm, so the allocation on insert costs little).
+pub static USTACKS: HashMap<u32, UnwoundStack> = HashMap::with_max_entries(1 << 14, BPF_F_NO_PREALLOC);
 
 /// Rows looked up recently, per CPU, direct-mapped by (pc, tgid): a hit saves both binary
 /// searches (most allocations come from a few hot call paths).

@@ -116,12 +116,12 @@ fn walk_failures(summary: &Value) -> u64 {
 }
 
 /// One interpreter: frames, names, lines, and per-site bytes. Returns the table row text.
-fn check_interpreter(target: PyTarget) -> String {
+fn check_interpreter(target: PyTarget, extra: &[&str]) -> String {
     say(&target.prepare());
     let cg = (!target.is_container()).then(TestCgroup::new);
     let mut fx = target.start_with("leaky.py", &["--threads", "2"], &PyOptions { cgroup: cg.as_ref(), ..Default::default() });
-    let label = format!("python-{}", target.label());
-    let (truth, summary, stderr) = profile(&mut fx, cg.as_ref(), &[], &label);
+    let label = format!("python-{}{}", target.label(), extra.join(""));
+    let (truth, summary, stderr) = profile(&mut fx, cg.as_ref(), extra, &label);
     let pid = fx.pid();
     let entry = runtime_entry(&summary, pid);
     assert_eq!(entry["frames"], "walked", "{}: {entry}\n{stderr}", target.label());
@@ -203,13 +203,21 @@ fn check_interpreter(target: PyTarget) -> String {
 #[test]
 fn python_host_shared_objects_tracked() {
     require_root();
-    check_interpreter(PyTarget::HostShared);
+    check_interpreter(PyTarget::HostShared, &[]);
+}
+
+/// `--no-python-objects`: a build whose object allocator memprof could probe, counted by arena
+/// on request (large objects and native allocations stay exact).
+#[test]
+fn python_host_shared_objects_by_arena() {
+    require_root();
+    check_interpreter(PyTarget::HostShared, &["--no-python-objects"]);
 }
 
 #[test]
 fn python_host_static_stripped() {
     require_root();
-    check_interpreter(PyTarget::HostStatic);
+    check_interpreter(PyTarget::HostStatic, &[]);
 }
 
 #[test]
@@ -217,9 +225,29 @@ fn python_in_containers_3_9_to_3_14() {
     require_root();
     let mut tables = Vec::new();
     for s in Suite::ALL {
-        tables.push(check_interpreter(PyTarget::Container(s)));
+        tables.push(check_interpreter(PyTarget::Container(s), &[]));
     }
     say(&tables.join("\n"));
+}
+
+/// A deep Python stack (100 nested calls) comes out whole: every frame, in order.
+#[test]
+fn python_deep_stack_is_whole() {
+    require_root();
+    for target in [PyTarget::HostShared, PyTarget::Container(Suite::Trixie)] {
+        let cg = (!target.is_container()).then(TestCgroup::new);
+        let mut fx = target.start_with("deep.py", &["100"], &PyOptions { cgroup: cg.as_ref(), ..Default::default() });
+        let (truth, summary, _) = profile(&mut fx, cg.as_ref(), &[], &format!("python-deep-{}", target.label()));
+        let stacks = stacks_matching(&summary, |s| python_frames(s).iter().any(|(f, _, _)| f == "keep_at_the_bottom"));
+        let expected = truth.truth.sites["keep_at_the_bottom"];
+        assert_eq!(bytes_of(&stacks), expected, "{}", describe_stacks(&summary));
+        let py = python_frames(stacks[0]);
+        let recursion = py.iter().filter(|(f, _, _)| f == "recurse").count();
+        say(&format!("{}: {} Python frames, {recursion} of recurse; unwind {:?}", target.label(), py.len(), stack_unwind(stacks[0])));
+        assert_eq!(recursion, 101, "{:?}", py.iter().map(|p| &p.0).collect::<Vec<_>>());
+        assert!(stack_is_whole(stacks[0]), "{:?}", stack_unwind(stacks[0]));
+        assert_eq!(summary["runtimes"]["python_walk_failed"]["depth"], 0);
+    }
 }
 
 /// gunicorn-style workers forked without exec: each gets its Python frames.

@@ -187,9 +187,11 @@ pub fn demo() -> Result<()> {
         }
     });
     attached.recv_timeout(Duration::from_secs(120)).context("memprof did not attach")?;
-    let load_s = (RUN_S - 4).to_string();
+    // Until after memprof stops (the container is removed then): the load must not end inside
+    // the window, or its exit would show in the cgroup's trend.
+    let load_s = (RUN_S + 30).to_string();
     podman.run(&["exec", "-d", &name, "python3", "/app/load.py", &load_s, "4"])?;
-    eprintln!("xtask: demo/load.py sends requests for {load_s} s");
+    eprintln!("xtask: demo/load.py sends requests from inside the container until the end");
     let status = mp.0.wait()?;
     let _ = echo.join();
     ensure!(status.success(), "memprof failed ({status})");

@@ -54,6 +54,8 @@ pub struct Config {
     pub probe_placement: bool,
     /// Why runtime frames (Python) are off, or None.
     pub runtimes_off: Option<String>,
+    /// Probe Python's object allocator where the build allows it (not `--no-python-objects`).
+    pub python_objects: bool,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -152,6 +154,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
         },
         probe_placement: !opt.no_probe_placement,
         runtimes_off,
+        python_objects: !opt.no_python_objects,
     })
 }
 

@@ -77,7 +77,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     } else {
         None
     };
-    let runtimes = Runtimes::new(config.runtimes_off.clone());
+    let runtimes = Runtimes::new(config.runtimes_off.clone(), config.python_objects);
     let mut s = Session {
         runtimes,
         alloc_code: AllocatorCode::default(),

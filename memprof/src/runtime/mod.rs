@@ -120,14 +120,15 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// `disabled`: why runtime walking is off (None: on).
-    pub fn new(disabled: Option<String>) -> Runtimes {
+    /// `disabled`: why runtime walking is off (None: on); `objects`: probe runtimes' object
+    /// allocators where they can be (Python's pymalloc).
+    pub fn new(disabled: Option<String>, objects: bool) -> Runtimes {
         if let Some(why) = &disabled {
             info!("runtime frames (Python) are off: {why}");
         }
         Runtimes {
             disabled,
-            python: python::Python::default(),
+            python: python::Python::new(objects),
             status: BTreeMap::new(),
             pending: HashMap::new(),
             pending_why: HashMap::new(),

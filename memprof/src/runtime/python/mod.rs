@@ -37,6 +37,8 @@ pub const PYTHON_MODULE: &str = "[python]";
 /// CPython in every process memprof follows.
 #[derive(Default)]
 pub struct Python {
+    /// Probe the object allocator where the build allows it (not `--no-python-objects`).
+    objects: bool,
     elf: ElfCache,
     /// Processes walked (kept after they exit: their frames are named from what was read).
     procs: HashMap<u32, frames::PyProcess>,
@@ -46,6 +48,10 @@ pub struct Python {
 }
 
 impl Python {
+    pub fn new(objects: bool) -> Python {
+        Python { objects, ..Default::default() }
+    }
+
     /// Looks for CPython in `pid` and, when found and checked, loads its walker data. A process
     /// already walked is not looked at again unless `fresh` (a new image), as long as it still
     /// maps the same interpreter at the same place (new code mapped is an extension module).
@@ -75,7 +81,10 @@ impl Python {
                 why: Some(why),
                 details: BTreeMap::new(),
             }),
-            Inspection::Ready(found) => {
+            Inspection::Ready(mut found) => {
+                if !self.objects && matches!(found.allocator, ObjectAllocator::Probe(_)) {
+                    found.allocator = ObjectAllocator::NotProbed("--no-python-objects".into());
+                }
                 if let Err(err) = load_proc(bpf, pid, &found.proc) {
                     return Observed::Unsupported(RuntimeProcess {
                         pid,
