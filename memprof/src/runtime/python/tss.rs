@@ -267,6 +267,28 @@ mod tests {
         unsafe { libc::pthread_key_delete(key) };
     }
 
+    /// musl's layout, built in this process's memory: `struct pthread` holds a pointer to the
+    /// thread's `tsd` array, whose slot `key` is the state.
+    #[test]
+    fn finds_a_slot_behind_a_pointer_as_musl_keeps_it() {
+        let key = 5u32;
+        let states: Vec<Box<u64>> = (0..2).map(|i| Box::new(0x5000 + i)).collect();
+        let tsds: Vec<Vec<u64>> =
+            states.iter().map(|st| (0..8).map(|k| if k == key as usize { &**st as *const u64 as u64 } else { 0 }).collect()).collect();
+        // Two fake pthread areas with the tsd pointer at offset 0x40 (musl: after self, dtv,
+        // prev, next, sysinfo, canary...).
+        let areas: Vec<Vec<u64>> = tsds
+            .iter()
+            .map(|t| (0..512).map(|i| if i == 8 { t.as_ptr() as u64 } else { 0x11 }).collect())
+            .collect();
+        let threads = ThreadStates {
+            interp: 0,
+            states: states.iter().zip(&areas).map(|(st, a)| (&**st as *const u64 as u64, a.as_ptr() as u64)).collect(),
+        };
+        let slot = find_slot(&ProcMem::new(std::process::id()), key, &threads).unwrap();
+        assert_eq!(slot, Slot { mode: PY_TSS_INDIRECT, a: 0x40, b: 8 * key as i64 });
+    }
+
     #[test]
     fn keys_are_checked() {
         let good: [i32; 2] = [1, 3];
