@@ -651,6 +651,20 @@ pub(crate) struct Attached {
 }
 
 impl Attached {
+    /// Waits up to `first` for memprof to exit by itself, then SIGINT and 60 s more, then kills
+    /// it; fails unless it exited cleanly.
+    pub(crate) fn await_memprof(&mut self, first: Duration) -> Result<()> {
+        if !self.proc.wait_timeout(first) {
+            self.proc.signal(libc::SIGINT);
+            if !self.proc.wait_timeout(Duration::from_secs(60)) {
+                self.proc.kill();
+                bail!("memprof did not exit after SIGINT");
+            }
+        }
+        ensure!(self.proc.exited_ok(), "memprof failed ({}): {}", self.proc.exit_description(), self.reason());
+        Ok(())
+    }
+
     /// Waits for a line for which `pred` holds; fails when the process ends or after `limit`.
     fn wait_line(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<Line> {
         let deadline = Instant::now() + limit;
@@ -952,19 +966,7 @@ fn measure_once(
             }
         } else {
             // memprof ends by itself once its target has exited.
-            if !a.proc.wait_timeout(Duration::from_secs(30)) {
-                a.proc.signal(libc::SIGINT);
-                if !a.proc.wait_timeout(Duration::from_secs(60)) {
-                    a.proc.kill();
-                    bail!("memprof did not exit after SIGINT");
-                }
-            }
-            ensure!(
-                a.proc.exited_ok(),
-                "memprof failed ({}): {}",
-                a.proc.exit_description(),
-                a.reason()
-            );
+            a.await_memprof(Duration::from_secs(30))?;
             let (lost, _, detail, _) = memprof_lost(&dir.join("out/summary.json"))?;
             sample.lost = Some(lost);
             if !detail.is_empty() {

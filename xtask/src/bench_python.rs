@@ -424,22 +424,7 @@ fn finish_memprof(
     if stop {
         a.proc.signal(libc::SIGINT);
     }
-    if !a
-        .proc
-        .wait_timeout(Duration::from_secs(if stop { 120 } else { 60 }))
-    {
-        a.proc.signal(libc::SIGINT);
-        if !a.proc.wait_timeout(Duration::from_secs(60)) {
-            a.proc.kill();
-            bail!("memprof did not exit after SIGINT");
-        }
-    }
-    ensure!(
-        a.proc.exited_ok(),
-        "memprof failed ({}): {}",
-        a.proc.exit_description(),
-        a.reason()
-    );
+    a.await_memprof(Duration::from_secs(if stop { 120 } else { 60 }))?;
     let (lost, _, detail, v) = bench::memprof_lost(&dir.join("out/summary.json"))?;
     if !detail.is_empty() {
         notes.push(format!("lost: {detail}"));

@@ -320,25 +320,8 @@ impl Probes {
             }
         }
         for (func, prog_name, offset) in plan {
-            let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
-                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(pid_nz))
-                    .map_err(|e| format!("{e}"))
-            });
             let object = e.path.clone().unwrap_or_default();
-            match result {
-                Ok(link) => {
-                    placed += 1;
-                    self.links.entry(pid).or_default().push((prog_name, link));
-                    if !self.placed.iter().any(|p| p.object == object && p.function == func && p.offset == offset) {
-                        self.placed.push(ProbeInfo { object, function: func.into(), offset, attached: true, error: None });
-                    }
-                }
-                Err(err) => {
-                    self.attach_failures += 1;
-                    warn!("failed to attach {prog_name} to {func} in {object} (pid {pid}): {err}");
-                    self.placed.push(ProbeInfo { object, function: func.into(), offset, attached: false, error: Some(err) });
-                }
-            }
+            placed += usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object, func));
         }
         if placed > 0 {
             let missing: Vec<&str> = ["malloc", "calloc", "realloc", "free"]
@@ -391,27 +374,42 @@ impl Probes {
             self.runtime_attached.insert((p.pid, p.addr, prog_name));
             let path = maps::map_files_path(p.pid, &e);
             let offset = p.addr - e.start + e.offset + self.runtime_probe_offset(&e, &path, p);
-            let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
-                prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &path, UProbeScope::OneProcess(pid_nz))
-                    .map_err(|e| format!("{e}"))
-            });
             let object = e.path.clone().unwrap_or_default();
-            match result {
-                Ok(link) => {
-                    placed += 1;
-                    self.links.entry(p.pid).or_default().push((prog_name, link));
-                    if !self.placed.iter().any(|x| x.object == object && x.function == p.function && x.offset == offset) {
-                        self.placed.push(ProbeInfo { object, function: p.function.clone(), offset, attached: true, error: None });
-                    }
-                }
-                Err(err) => {
-                    self.attach_failures += 1;
-                    warn!("failed to attach {prog_name} to {} in {object} (pid {}): {err}", p.function, p.pid);
-                    self.placed.push(ProbeInfo { object, function: p.function.clone(), offset, attached: false, error: Some(err) });
-                }
-            }
+            placed += usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object, &p.function));
         }
         placed
+    }
+
+    /// Attaches one uprobe program at a file offset for one process and records it (or its
+    /// failure) for the summary. True when it was placed.
+    fn attach_probe(
+        &mut self,
+        pid: std::num::NonZeroU32,
+        prog_name: &'static str,
+        path: &std::path::Path,
+        offset: u64,
+        object: String,
+        function: &str,
+    ) -> bool {
+        let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
+            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, UProbeScope::OneProcess(pid))
+                .map_err(|e| format!("{e}"))
+        });
+        match result {
+            Ok(link) => {
+                self.links.entry(pid.get()).or_default().push((prog_name, link));
+                if !self.placed.iter().any(|x| x.object == object && x.function == function && x.offset == offset) {
+                    self.placed.push(ProbeInfo { object, function: function.into(), offset, attached: true, error: None });
+                }
+                true
+            }
+            Err(err) => {
+                self.attach_failures += 1;
+                warn!("failed to attach {prog_name} to {function} in {object} (pid {pid}): {err}");
+                self.placed.push(ProbeInfo { object, function: function.into(), offset, attached: false, error: Some(err) });
+                false
+            }
+        }
     }
 
     /// How far past its entry a runtime function's probes go (see `entry_placement.rs`): the

@@ -50,12 +50,7 @@ impl Mappings {
     pub fn protect(&mut self, pid: u32, addr: u64, len: u64, accessible: bool) {
         let Some(regions) = self.by_pid.get_mut(&pid) else { return };
         let end = addr.saturating_add(len);
-        let overlapping: Vec<(u64, Region)> = regions
-            .range(..end)
-            .rev()
-            .take_while(|(_, r)| r.end > addr)
-            .map(|(s, r)| (*s, *r))
-            .collect();
+        let overlapping = overlapping(regions, addr, end);
         let mut committed = Vec::new();
         for (start, r) in overlapping {
             if r.accessible == accessible {
@@ -83,12 +78,7 @@ impl Mappings {
     pub fn unmap(&mut self, pid: u32, addr: u64, len: u64) {
         let Some(regions) = self.by_pid.get_mut(&pid) else { return };
         let end = addr.saturating_add(len);
-        let overlapping: Vec<(u64, Region)> = regions
-            .range(..end)
-            .rev()
-            .take_while(|(_, r)| r.end > addr)
-            .map(|(s, r)| (*s, *r))
-            .collect();
+        let overlapping = overlapping(regions, addr, end);
         for (start, r) in overlapping {
             regions.remove(&start);
             if start < addr {
@@ -145,6 +135,11 @@ impl Mappings {
         out.sort_unstable();
         out
     }
+}
+
+/// The records overlapping [addr, end), highest first.
+fn overlapping(regions: &BTreeMap<u64, Region>, addr: u64, end: u64) -> Vec<(u64, Region)> {
+    regions.range(..end).rev().take_while(|(_, r)| r.end > addr).map(|(s, r)| (*s, *r)).collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
     use super::super::layout::{layout, SUPPORTED};
-    use super::super::linetable::tests::{interpreters, require_root};
+    use super::super::linetable::tests::{interpreters, require_root, PY_TRUTH_PRELUDE};
     use super::*;
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Child, Command, Stdio};
@@ -202,11 +202,7 @@
     /// The child: defines code objects of every kind the brief lists, prints what CPython
     /// says of them (JSON, one line), then sleeps until killed.
     const CHILD: &str = r#"
-import sys, json, ctypes, dis, time
-minor = sys.version_info[1]
-a2l = ctypes.pythonapi.PyCode_Addr2Line
-a2l.argtypes = [ctypes.py_object, ctypes.c_int]
-a2l.restype = ctypes.c_int
+import time
 SRC = '''
 class Greeter:
     def hello(self, who):
@@ -237,23 +233,6 @@ FILE = "/tmp/ünïcödé/mödülé_😀.py"
 mod = compile(SRC, FILE, "exec")
 ns = {}
 exec(mod, ns)
-
-def py_lines(co):
-    n = len(co.co_code) // 2
-    if minor >= 11:
-        return [p[0] for p in co.co_positions()]
-    out = [None] * n
-    if minor == 10:
-        for s, e, l in co.co_lines():
-            for u in range(s // 2, min(e // 2, n)):
-                out[u] = l
-        return out
-    starts = dict(dis.findlinestarts(co))
-    cur = None
-    for u in range(n):
-        cur = starts.get(2 * u, cur)
-        out[u] = cur
-    return out
 
 codes = [mod, ns["Greeter"].hello.__code__, ns["outer"](1).__code__, ns["grüße"].__code__,
          ns["функция"].__code__, ns["𠀀𠀁"].__code__, ns["lam"].__code__]
@@ -296,10 +275,11 @@ time.sleep(600)
     fn live_code_objects() {
         require_root();
         let mut summary = Vec::new();
+        let script = format!("{PY_TRUTH_PRELUDE}{CHILD}");
         for (label, argv) in interpreters() {
             let child = Command::new(&argv[0])
                 .args(&argv[1..])
-                .args(["-c", CHILD])
+                .args(["-c", script.as_str()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

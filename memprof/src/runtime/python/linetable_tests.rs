@@ -283,13 +283,37 @@ if GLOBAL_VALUE:
     print_it = lambda *a: None
 "##;
 
-    /// Prints the ground truth as JSON (see the module comment).
-    const TRUTH: &str = r#"
-import sys, json, ctypes, dis, importlib.util
+    /// What both ground-truth scripts start with: CPython's C answer (`PyCode_Addr2Line`, as
+    /// `a2l`) and its Python-level one (`py_lines(co)`: the line of every code unit).
+    pub(crate) const PY_TRUTH_PRELUDE: &str = r#"
+import sys, json, ctypes, dis
 minor = sys.version_info[1]
 a2l = ctypes.pythonapi.PyCode_Addr2Line
 a2l.argtypes = [ctypes.py_object, ctypes.c_int]
 a2l.restype = ctypes.c_int
+
+def py_lines(co):
+    n = len(co.co_code) // 2
+    if minor >= 11:
+        return [p[0] for p in co.co_positions()]
+    out = [None] * n
+    if minor == 10:
+        for s, e, l in co.co_lines():
+            for u in range(s // 2, min(e // 2, n)):
+                out[u] = l
+        return out
+    starts = dict(dis.findlinestarts(co))
+    cur = None
+    for u in range(n):
+        cur = starts.get(2 * u, cur)
+        out[u] = cur
+    return out
+
+"#;
+
+    /// Prints the ground truth as JSON (see the module comment).
+    const TRUTH: &str = r#"
+import importlib.util
 
 def generated():
     L = ["def far_apart(x):", "    y = x"]
@@ -335,23 +359,6 @@ def codes(co):
         if isinstance(c, type(co)):
             yield from codes(c)
 
-def py_lines(co):
-    n = len(co.co_code) // 2
-    if minor >= 11:
-        return [p[0] for p in co.co_positions()]
-    out = [None] * n
-    if minor == 10:
-        for s, e, l in co.co_lines():
-            for u in range(s // 2, min(e // 2, n)):
-                out[u] = l
-        return out
-    starts = dict(dis.findlinestarts(co))
-    cur = None
-    for u in range(n):
-        cur = starts.get(2 * u, cur)
-        out[u] = cur
-    return out
-
 sources = [("fixture.py", FIXTURE), ("generated.py", generated())]
 if minor >= 10:
     sources.append(("match.py", MATCH))
@@ -384,7 +391,7 @@ print(json.dumps({"version": list(sys.version_info[:3]), "codes": out}))
     #[test]
     fn lines_match_every_interpreter() {
         require_root();
-        let script = format!("FIXTURE = {:?}\n{TRUTH}", FIXTURE);
+        let script = format!("{PY_TRUTH_PRELUDE}FIXTURE = {:?}\n{TRUTH}", FIXTURE);
         let mut summary = Vec::new();
         for (label, argv) in interpreters() {
             let out = run_script(&label, &argv, &script);
