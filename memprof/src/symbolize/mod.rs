@@ -11,7 +11,9 @@
 
 mod debug_file;
 mod elf_info;
+mod frames;
 mod perf_map;
+mod return_address;
 mod root;
 #[cfg(test)]
 mod tests;
@@ -26,7 +28,7 @@ use std::{
 };
 
 use blazesym::symbolize::{
-    CodeInfo, Input, Symbolized, Symbolizer as Blaze,
+    Input, Symbolizer as Blaze,
     source::{Elf, Source},
 };
 use log::debug;
@@ -35,7 +37,9 @@ use serde::Serialize;
 use self::{
     debug_file::{DebugFile, Wanted, DEFAULT_DEBUG_DIRS},
     elf_info::{ElfInfo, SymbolKindAvailable},
+    frames::{to_frames, unknown_frame, unmapped_frame},
     perf_map::PerfMap,
+    return_address::looks_like_call_before,
     root::RootDir,
 };
 use memprof_common::runtime::slot_kind;
@@ -595,97 +599,3 @@ fn fd_path(f: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-/// `b` = the 7 bytes before a return address: does a call instruction end there?
-fn looks_like_call_before(b: &[u8; 7]) -> bool {
-    // call rel32: E8 + 4 bytes.
-    if b[2] == 0xE8 {
-        return true;
-    }
-    // call r/m64: [REX] FF /2 with ModRM reg field 2, 2..7 bytes long.
-    (2..=7).any(|len| {
-        let i = 7 - len;
-        let (op, modrm) = if b[i] & 0xF0 == 0x40 && len >= 3 { (b[i + 1], b[i + 2]) } else { (b[i], b[i + 1]) };
-        op == 0xFF && (modrm >> 3) & 7 == 2
-    })
-}
-
-fn module_base(name: &str) -> &str {
-    name.rsplit('/').next().unwrap_or(name)
-}
-
-fn unknown_frame(module: &str, offset: u64) -> Frame {
-    Frame {
-        function: format!("{}+{:#x}", module_base(module), offset),
-        file: None,
-        line: None,
-        module: module.to_string(),
-        offset,
-        inlined: false,
-    }
-}
-
-/// A frame for an address in no mapping (kept for CFI-unwound stacks only).
-fn unmapped_frame(addr: u64) -> Frame {
-    Frame {
-        function: format!("{addr:#x}"),
-        file: None,
-        line: None,
-        module: UNMAPPED_MODULE.to_string(),
-        offset: addr,
-        inlined: false,
-    }
-}
-
-fn code_location(ci: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
-    match ci {
-        Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
-        None => (None, None),
-    }
-}
-
-/// One address → its frames, outermost function first, then the functions inlined into it.
-fn to_frames(module: &str, offset: u64, s: &Symbolized<'_>) -> Option<Vec<Frame>> {
-    let Symbolized::Sym(sym) = s else { return None };
-    let (file, line) = code_location(sym.code_info.as_deref());
-    let mut frames = vec![Frame {
-        function: sym.name.to_string(),
-        file,
-        line,
-        module: module.to_string(),
-        offset,
-        inlined: false,
-    }];
-    for f in sym.inlined.iter() {
-        let (file, line) = code_location(f.code_info.as_ref());
-        frames.push(Frame {
-            function: f.name.to_string(),
-            file,
-            line,
-            module: module.to_string(),
-            offset,
-            inlined: true,
-        });
-    }
-    Some(frames)
-}
-
-#[cfg(test)]
-mod call_tests {
-    use super::looks_like_call_before;
-
-    #[test]
-    fn recognises_calls() {
-        // call rel32
-        assert!(looks_like_call_before(&[0x90, 0x90, 0xE8, 1, 2, 3, 4]));
-        // call *%rax (ff d0)
-        assert!(looks_like_call_before(&[0, 0, 0, 0, 0, 0xFF, 0xD0]));
-        // call *0x10(%rbx) (ff 53 10)
-        assert!(looks_like_call_before(&[0, 0, 0, 0, 0xFF, 0x53, 0x10]));
-        // call *%r11 (41 ff d3)
-        assert!(looks_like_call_before(&[0, 0, 0, 0, 0x41, 0xFF, 0xD3]));
-        // push/mov/ret: not a call
-        assert!(!looks_like_call_before(&[0x48, 0x89, 0xe5, 0x55, 0x48, 0x89, 0xc3]));
-        // jmp *%rax (ff e0): /4, not /2
-        assert!(!looks_like_call_before(&[0, 0, 0, 0, 0, 0xFF, 0xE0]));
-    }
-}
