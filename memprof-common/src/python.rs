@@ -6,9 +6,10 @@
 //! against that process before it is loaded.
 //!
 //! A Python frame is two stack slots: `runtime_slot(RUNTIME_PYTHON, code object address)`, then
-//! [`py_frame_detail`] (the instruction offset in code units and the code object's
-//! `co_firstlineno`, which lets userspace check that the object at that address is still the
-//! same code when it resolves it).
+//! [`py_frame_detail`] (the instruction offset in code units, and the code object's
+//! `co_firstlineno` and a tag of its `co_qualname` pointer, which let userspace check that the
+//! object at that address is still the same code when it resolves it: a code object can be
+//! freed and its address reused by another).
 
 /// Where the thread's `PyThreadState` is: `*(fs_base + tss_a)`.
 pub const PY_TSS_DIRECT: u32 = 1;
@@ -75,8 +76,8 @@ pub struct PyProc {
     /// `FRAME_OWNED_BY_CSTACK`; 3.14: `FRAME_OWNED_BY_INTERPRETER`, also the owner of the
     /// thread's base frame, which has no caller and ends the chain).
     pub entry_value: u32,
-    /// Unused (kept for the layout); [`PY_NONE`].
-    pub base_value: u32,
+    /// Offset of `co_qualname` (3.11+) or `co_name` in a code object (for [`py_name_tag`]).
+    pub code_name: u32,
     /// Offset of `co_code_adaptive` in a code object (3.11+).
     pub code_adaptive: u32,
     /// Offset of `co_firstlineno` in a code object.
@@ -85,16 +86,28 @@ pub struct PyProc {
     pub code_mask: u64,
 }
 
-/// The second slot of a Python frame.
+/// Instruction offsets recorded are below this (larger ones are recorded as 0).
+pub const PY_MAX_UNITS: u32 = 1 << 24;
+
+/// 8 bits of a code object's name pointer (a string object, 16-byte aligned).
 #[inline(always)]
-pub const fn py_frame_detail(instr_units: u32, firstlineno: u32) -> u64 {
-    instr_units as u64 | ((firstlineno as u64) << 32)
+pub const fn py_name_tag(name_ptr: u64) -> u32 {
+    let x = name_ptr >> 4;
+    ((x ^ (x >> 8) ^ (x >> 16) ^ (x >> 24) ^ (x >> 32)) & 0xff) as u32
 }
 
-/// (instruction offset in code units, `co_firstlineno` or [`PY_NO_CHECK`]) of a second slot.
+/// The second slot of a Python frame: instruction offset (< [`PY_MAX_UNITS`]), name tag,
+/// `co_firstlineno` (or [`PY_NO_CHECK`]: neither could be read).
 #[inline(always)]
-pub const fn py_frame_detail_parts(detail: u64) -> (u32, u32) {
-    (detail as u32, (detail >> 32) as u32)
+pub const fn py_frame_detail(instr_units: u32, name_tag: u32, firstlineno: u32) -> u64 {
+    (instr_units & (PY_MAX_UNITS - 1)) as u64 | (((name_tag & 0xff) as u64) << 24) | ((firstlineno as u64) << 32)
+}
+
+/// (instruction offset in code units, name tag, `co_firstlineno` or [`PY_NO_CHECK`]) of a
+/// second slot.
+#[inline(always)]
+pub const fn py_frame_detail_parts(detail: u64) -> (u32, u32, u32) {
+    ((detail as u32) & (PY_MAX_UNITS - 1), (detail as u32) >> 24, (detail >> 32) as u32)
 }
 
 const _: () = assert!(core::mem::size_of::<PyProc>() == 88);
@@ -103,4 +116,21 @@ const _: () = assert!(core::mem::size_of::<PyProc>() == 88);
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PyProc {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_detail_round_trips() {
+        for (units, tag, first) in [(0, 0, 0), (PY_MAX_UNITS - 1, 0xff, PY_NO_CHECK), (1234, 0x5a, 77)] {
+            assert_eq!(py_frame_detail_parts(py_frame_detail(units, tag, first)), (units, tag, first));
+        }
+        // Out-of-range parts do not spill into their neighbours.
+        assert_eq!(py_frame_detail_parts(py_frame_detail(PY_MAX_UNITS, 0x1ff, 5)), (0, 0xff, 5));
+        // Different strings (16-byte aligned, nearby) get different tags.
+        let tags: std::collections::HashSet<u32> = (0..256u64).map(|i| py_name_tag(0x7f12_3456_0000 + i * 16)).collect();
+        assert_eq!(tags.len(), 256);
+    }
 }

@@ -42,7 +42,10 @@ fn save(kind: MemEventKind, addr: u64, len: u64, new_len: u64) {
         return;
     }
     if unsafe { INFLIGHT.get(id) }.is_some() {
-        count(Counter::SyscallInsideAllocator);
+        // (An allocator committing its own reservation with mprotect is routine, not counted.)
+        if kind as u32 != MemEventKind::Mprotect as u32 {
+            count(Counter::SyscallInsideAllocator);
+        }
         return;
     }
     let args = SyscallArgs { addr, len, new_len, kind: kind as u32, _pad: 0 };
@@ -64,7 +67,15 @@ fn page_round(len: u64) -> u64 {
 
 #[inline(always)]
 pub fn emit(ev: MemEvent) {
-    if EVENTS.output::<MemEvent>(&ev, 0).is_err() {
+    emit_with(ev, 0);
+}
+
+/// `BPF_RB_NO_WAKEUP`: the event waits for the next one that wakes userspace (or its poll).
+const RB_NO_WAKEUP: u64 = 1;
+
+#[inline(always)]
+fn emit_with(ev: MemEvent, flags: u64) {
+    if EVENTS.output::<MemEvent>(&ev, flags).is_err() {
         count(Counter::EventsDropped);
     }
 }
@@ -219,12 +230,16 @@ pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 0) != 0 {
         return 0;
     }
-    emit(MemEvent {
-        addr: args.addr,
-        len: page_round(args.len),
-        new_addr: args.new_len,
-        ..event(MemEventKind::Mprotect, (current() >> 32) as u32)
-    });
+    // Loaders and JITs call mprotect often, and nothing waits on it: no wakeup of its own.
+    emit_with(
+        MemEvent {
+            addr: args.addr,
+            len: page_round(args.len),
+            new_addr: args.new_len,
+            ..event(MemEventKind::Mprotect, (current() >> 32) as u32)
+        },
+        RB_NO_WAKEUP,
+    );
     0
 }
 

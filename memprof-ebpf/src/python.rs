@@ -27,7 +27,7 @@ use memprof_common::{
     python::{
         PY_FRAME_READ_MAX, PY_LASTI_BYTES, PY_LASTI_PTR, PY_LASTI_UNITS, PY_NO_CHECK, PY_NONE,
         PY_TSS_DIRECT, PY_TSS_INDIRECT, PY_WALK_CFRAME, PY_WALK_FRAME_PER_CALL, PY_WALK_SHIM,
-        PyProc, py_frame_detail,
+        PyProc, PY_MAX_UNITS, py_frame_detail, py_name_tag,
     },
     runtime::{RUNTIME_PYTHON, runtime_slot},
     unwind::{STACK_COMPLETE, STACK_RT_FAILED, STACK_RT_MISALIGNED, UnwoundStack},
@@ -136,6 +136,7 @@ pub fn activation(w: &mut Walk, _st: &mut UnwoundStack, sp: u64, cfa: u64) -> bo
     if p.walk == PY_WALK_CFRAME && !enter_cframe(w, p) {
         return false;
     }
+    w.rt.act_cursor = w.rt.cursor;
     unsafe {
         bpf_loop(MAX_FRAMES_PER_ACTIVATION, frame_step as *mut c_void, core::ptr::null_mut(), 0);
     }
@@ -268,7 +269,8 @@ fn step(w: &mut Walk) -> u32 {
                 // the thread's base frame (3.14), which ends the chain.
                 w.rt.cursor = back;
                 if f >= w.rt.act_sp && f < w.rt.act_cfa {
-                    return DONE;
+                    // Its own shim: its frames end here (none yet: keep the native frame).
+                    return if w.len != w.rt.act_len { DONE } else { NONE };
                 }
                 if back == 0 {
                     return if w.len != w.rt.act_len { DONE } else { NONE };
@@ -280,8 +282,9 @@ fn step(w: &mut Walk) -> u32 {
                     count(Counter::PyMisaligned);
                     return GOING;
                 }
-                // This activation's frames are not on the chain.
-                w.rt.cursor = f;
+                // This activation's frames are not on the chain: what was recorded belongs to
+                // an older activation, which starts again from the same frame.
+                w.rt.cursor = w.rt.act_cursor;
                 w.flags |= STACK_RT_MISALIGNED;
                 count(Counter::PyMisaligned);
                 return NONE;
@@ -312,12 +315,19 @@ fn record(w: &mut Walk, p: &PyProc, code: u64, instr: u64) {
         _ => 0,
     };
     // Not started yet (3.11+: before the first instruction), or garbage.
-    let units = if (0..(1 << 24)).contains(&units) { units as u32 } else { 0 };
-    let firstlineno = unsafe { bpf_probe_read_user((code + p.code_firstlineno as u64) as *const u32) }
-        .unwrap_or(PY_NO_CHECK);
+    let units = if (0..PY_MAX_UNITS as i64).contains(&units) { units as u32 } else { 0 };
+    // What identifies the code object at this address (checked by userspace when it reads it).
+    let (tag, firstlineno) = match (
+        unsafe { bpf_probe_read_user((code.wrapping_add(p.code_firstlineno as u64)) as *const u32) },
+        read_u64(code.wrapping_add(p.code_name as u64)),
+    ) {
+        (Ok(first), Some(name)) => (py_name_tag(name), first),
+        _ => (0, PY_NO_CHECK),
+    };
     let Some(st) = SCRATCH.get_ptr_mut(0) else { return };
-    if push2(w, unsafe { &mut *st }, runtime_slot(RUNTIME_PYTHON, code), py_frame_detail(units, firstlineno)) {
+    if push2(w, unsafe { &mut *st }, runtime_slot(RUNTIME_PYTHON, code), py_frame_detail(units, tag, firstlineno)) {
         count(Counter::PyFrames);
+        w.rt.frames += 1;
     } else {
         truncated(w);
     }

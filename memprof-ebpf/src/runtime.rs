@@ -48,9 +48,11 @@ pub struct RtWalk {
     pub cursor: u64,
     pub cursor2: u64,
     /// The activation being walked: its native frame's stack pointer and CFA (the C stack it
-    /// owns), and the stack length and hash before it (to take its frames back).
+    /// owns), where its walk started, and the stack length and hash before it (to take its
+    /// frames back).
     pub act_sp: u64,
     pub act_cfa: u64,
+    pub act_cursor: u64,
     pub act_len: u32,
     pub act_hash: u32,
     /// 0: not started; 1: started; 2: failed (later activations keep their native frames).
@@ -59,7 +61,9 @@ pub struct RtWalk {
     pub outcome: u32,
     /// Runtime-specific flags for the whole stack.
     pub outcome_flags: u32,
-    pub _pad: u32,
+    /// Runtime frames recorded (some may have been taken back): the stack is announced to
+    /// userspace, which names them while the process lives.
+    pub frames: u32,
 }
 
 pub const RT_NOT_STARTED: u32 = 0;
@@ -73,6 +77,7 @@ impl RtWalk {
             count: 0,
             ranges: [RuntimeRange { start: 0, end: 0 }; MAX_RUNTIME_RANGES],
             cursor: 0,
+            act_cursor: 0,
             cursor2: 0,
             act_sp: 0,
             act_cfa: 0,
@@ -81,7 +86,7 @@ impl RtWalk {
             state: RT_NOT_STARTED,
             outcome: 0,
             outcome_flags: 0,
-            _pad: 0,
+            frames: 0,
         }
     }
 }

@@ -330,7 +330,7 @@ pub fn unwind(tgid: u32, regs: Regs, first_exact: bool) -> u32 {
     if w.flags & STACK_TRUNCATED != 0 {
         count(Counter::StacksTruncated);
     }
-    let announce = w.rt.state == runtime::RT_STARTED;
+    let announce = w.rt.frames != 0;
     store(st, w.hash, tgid, announce)
 }
 

@@ -33,26 +33,27 @@ pub struct FunctionReport {
     pub stacks: usize,
 }
 
-/// The key of a function's series in the history: not a stack (no stack starts with it).
-pub fn history_key(function: &str) -> Vec<String> {
-    vec!["\u{1}function".to_string(), function.to_string()]
+/// The key of a function's series in the history: not a stack (no stack starts with it). Its
+/// full file path is part of it (two files may have functions of the same name).
+pub fn history_key(f: &FunctionReport) -> Vec<String> {
+    vec!["\u{1}function".to_string(), f.function.clone(), f.file.clone().unwrap_or_default()]
 }
 
 /// (history key, live bytes, live allocations, allocations ever made) of each function of
 /// `stacks`: recorded in the history beside the stacks, so a function is classified by its own
 /// series (its stacks may each be too short-lived or too small to tell).
 pub fn series_entries(stacks: &[StackReport]) -> Vec<(Vec<String>, u64, u64, u64)> {
-    let mut totals: HashMap<String, u64> = HashMap::new();
+    let mut totals: HashMap<(String, Option<String>), u64> = HashMap::new();
     for s in stacks.iter().filter(|s| s.bytes > 0) {
         if let Some(f) = runtime_leaf(s) {
-            *totals.entry(display(f)).or_default() += s.total_allocations;
+            *totals.entry((display(f), f.file.clone())).or_default() += s.total_allocations;
         }
     }
     by_function(stacks)
         .into_iter()
         .map(|f| {
-            let total = totals.get(&f.function).copied().unwrap_or(0);
-            (history_key(&f.function), f.bytes, f.allocations, total)
+            let total = totals.get(&(f.function.clone(), f.file.clone())).copied().unwrap_or(0);
+            (history_key(&f), f.bytes, f.allocations, total)
         })
         .collect()
 }

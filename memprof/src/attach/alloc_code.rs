@@ -47,8 +47,12 @@ pub struct AllocatorCode {
 impl AllocatorCode {
     /// (Re)reads where `pid`'s allocator code is (adoption, execve, dlopen).
     pub fn refresh(&mut self, pid: u32) {
-        let Ok(entries) = maps::read_maps(pid) else { return };
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let Ok(entries) = maps::read_maps(pid) else {
+            // Gone (or unreadable): not looked up again for each of its events.
+            self.procs.insert(pid, Code::default());
+            return;
+        };
+        let exe = crate::target::procs::exe_inode(pid);
         let mut code = Code::default();
         for e in entries.iter().filter(|e| e.is_exec() && e.is_file_backed()) {
             let info = self
@@ -73,7 +77,11 @@ impl AllocatorCode {
 
     /// Whether an anonymous mapping made by `pid` with `stack` (leaf first: the syscall
     /// wrapper, then its caller...) is an allocator's own (see the module documentation).
-    pub fn is_internal(&mut self, pid: u32, stack: &[u64]) -> bool {
+    /// `complete`: the stack is known to reach its thread's start (a CFI walk not cut short),
+    /// or cannot be known to (frame-pointer walks); a CFI walk cut short inside libc may have
+    /// lost the program's frames, so it is the allocator's only through a frame inside an
+    /// allocator function.
+    pub fn is_internal(&mut self, pid: u32, stack: &[u64], complete: bool) -> bool {
         if !self.procs.contains_key(&pid) {
             self.refresh(pid);
         }
@@ -86,7 +94,8 @@ impl AllocatorCode {
             let pc = if i == 0 { ip } else { ip.wrapping_sub(1) };
             inside(&code.funcs, pc)
         });
-        let only_allocator_code = stack.len() > 1
+        let only_allocator_code = complete
+            && stack.len() > 1
             && stack[1..].iter().all(|&ret| memprof_common::runtime::slot_kind(ret).is_none() && inside(&code.objects, ret.wrapping_sub(1)));
         in_func || only_allocator_code
     }
@@ -97,7 +106,7 @@ fn add(code: &mut Code, e: &MapEntry, info: &ElfInfo, is_exe: bool) {
     for sym in &info.symbols {
         if sym.file_offset >= e.offset && sym.file_offset < e.offset + (e.end - e.start) {
             let start = e.start + (sym.file_offset - e.offset);
-            code.funcs.push((start, start + sym.size.max(1)));
+            code.funcs.push((start, start.saturating_add(sym.size.max(1))));
         }
     }
     if !is_exe {
@@ -118,17 +127,20 @@ mod tests {
         let free = libc::free as *const () as u64;
         let mine = libc_code_is_allocator_code as *const () as u64;
         // A stack whose second frame (the wrapper's caller) is inside free.
-        assert!(a.is_internal(pid, &[mine, free + 2]));
-        // A frame deeper down inside free.
-        assert!(a.is_internal(pid, &[mine, mine, free + 2]));
+        assert!(a.is_internal(pid, &[mine, free + 2], true));
+        // A frame deeper down inside free, whether or not the stack was cut short.
+        assert!(a.is_internal(pid, &[mine, mine, free + 2], true));
+        assert!(a.is_internal(pid, &[mine, mine, free + 2], false));
         // The program calling mmap itself.
-        assert!(!a.is_internal(pid, &[mine, mine + 1, mine + 2]));
-        assert!(!a.is_internal(pid, &[]));
+        assert!(!a.is_internal(pid, &[mine, mine + 1, mine + 2], true));
+        assert!(!a.is_internal(pid, &[], true));
         // Only libc code above the wrapper (a thread's exit, a background thread): the
-        // allocator's. Program code above an allocator library's wrapper: the program's.
+        // allocator's; unless the walk was cut short there (the program's frames may be lost).
+        // Program code above an allocator library's wrapper: the program's.
         let in_libc_not_alloc = libc::strlen as *const () as u64 + 1;
-        assert!(a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, in_libc_not_alloc]));
-        assert!(!a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, mine]));
+        assert!(a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, in_libc_not_alloc], true));
+        assert!(!a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, in_libc_not_alloc], false));
+        assert!(!a.is_internal(pid, &[in_libc_not_alloc, in_libc_not_alloc, mine], true));
 
     }
 }

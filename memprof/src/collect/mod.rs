@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use log::warn;
-use memprof_common::{unwind::UnwoundStack, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
+use memprof_common::{unwind::{UnwoundStack, STACK_TRUNCATED}, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
 
 use mappings::{MappingOrigin, Mappings};
 
@@ -117,13 +117,13 @@ impl Collector {
     }
 
     /// Applies every pending mapping event and returns what the caller must act on.
-    /// `allocator_internal(pid, stack)`: whether an anonymous mapping made with that stack (leaf
+    /// `allocator_internal(pid, stack, complete)`: whether an anonymous mapping made with that stack (leaf
     /// first) belongs to an allocator (its own heaps and reservations: the blocks it hands out
     /// are counted one by one instead); such mappings are left out.
     pub fn drain_events(
         &mut self,
         bpf: &Ebpf,
-        allocator_internal: &mut dyn FnMut(u32, &[u64]) -> bool,
+        allocator_internal: &mut dyn FnMut(u32, &[u64], bool) -> bool,
     ) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut events = Vec::new();
@@ -140,11 +140,13 @@ impl Collector {
                 k if k == MemEventKind::Mmap as u32 => {
                     let stack_id = if ev.stack_id < 0 { NO_STACK } else { ev.stack_id as u32 };
                     notices.push(Notice::Mapped(ev.tgid));
-                    let mut ips = self.stack(bpf, stack_id).ips;
+                    let st = self.stack(bpf, stack_id);
+                    let mut ips = st.ips;
                     if ev.leaf_ret != 0 && !ips.is_empty() && ips.get(1) != Some(&ev.leaf_ret) {
                         ips.insert(1, ev.leaf_ret);
                     }
-                    if allocator_internal(ev.tgid, &ips) {
+                    let complete = st.flags.is_none_or(|f| f & STACK_TRUNCATED == 0);
+                    if allocator_internal(ev.tgid, &ips, complete) {
                         self.allocator_mappings += 1;
                         continue;
                     }

@@ -59,7 +59,7 @@ impl Session {
         let mut functions = analyze::functions::by_function(&stacks);
         for f in &mut functions {
             // A function is classified by its own series (see analyze/functions.rs).
-            if let Some(v) = verdicts.get(&analyze::functions::history_key(&f.function)) {
+            if let Some(v) = verdicts.get(&analyze::functions::history_key(f)) {
                 f.class = class_name(v.class).to_string();
                 f.growth_bytes_per_s = v.growth_bytes_per_s;
                 f.leak_growth_bytes_per_s = if v.class == Class::Leak { v.growth_bytes_per_s } else { 0.0 };

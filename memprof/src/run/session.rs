@@ -249,7 +249,7 @@ impl Session {
 
     pub(super) fn drain_events(&mut self) {
         let code = &mut self.alloc_code;
-        let mut internal = |pid: u32, stack: &[u64]| code.is_internal(pid, stack);
+        let mut internal = |pid: u32, stack: &[u64], complete: bool| code.is_internal(pid, stack, complete);
         let notices = self.collector.drain_events(&self.probes.bpf, &mut internal);
         for notice in notices {
             match notice {

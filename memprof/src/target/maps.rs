@@ -38,6 +38,15 @@ impl MapEntry {
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
+
+    /// `address - bias` = the object's virtual address, for this mapping of an object with
+    /// loadable segments (file offset, virtual address, file size).
+    pub fn load_bias(&self, segments: impl IntoIterator<Item = (u64, u64, u64)>) -> Option<u64> {
+        let (off, vaddr, _) = segments
+            .into_iter()
+            .find(|&(off, _, size)| off & !0xfff <= self.offset && self.offset - off.min(self.offset) < size.max(1))?;
+        Some(self.start.wrapping_sub(self.offset).wrapping_sub(vaddr.wrapping_sub(off)))
+    }
 }
 
 /// Parses maps text; lines that do not parse are skipped. The result is sorted by start address.

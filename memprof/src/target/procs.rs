@@ -13,6 +13,11 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
 }
 
+/// The inode of `pid`'s executable (compared with its mappings' inodes).
+pub fn exe_inode(pid: u32) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
 /// The state letter of /proc/PID/stat text: the first field after the `(comm)` field, which may
 /// itself contain spaces and parentheses.
 fn stat_state(stat: &str) -> Option<char> {

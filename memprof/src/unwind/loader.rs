@@ -287,14 +287,7 @@ fn segments(data: &[u8]) -> Option<Vec<(u64, u64, u64)>> {
 /// `pc - bias` = the object's virtual address, for a mapping of file offset `e.offset` at
 /// `e.start`.
 fn bias(segments: &[(u64, u64, u64)], e: &MapEntry) -> Option<u64> {
-    let (off, vaddr, _) = segments
-        .iter()
-        .find(|(off, _, size)| off & !0xfff <= e.offset && e.offset < off + size.max(&1))?;
-    Some(
-        e.start
-            .wrapping_sub(e.offset)
-            .wrapping_sub(vaddr.wrapping_sub(*off)),
-    )
+    e.load_bias(segments.iter().copied())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 use super::layout::Layout;
 use super::linetable::LineTable;
 use crate::runtime::mem::{le_i32, le_u32, le_u64, ProcMem, MAX_READ};
-use memprof_common::python::PY_NO_CHECK;
+use memprof_common::python::{py_name_tag, PY_NO_CHECK};
 
 /// Addresses (in the target process) of the type objects used to validate what is read:
 /// `PyCode_Type`, `PyUnicode_Type`, `PyBytes_Type`.
@@ -69,6 +69,8 @@ pub struct CodeInfo {
     pub filename: String,
     /// `co_firstlineno`.
     pub firstlineno: u32,
+    /// [`py_name_tag`] of its `co_qualname` (3.11+) or `co_name` pointer, as the kernel records it.
+    pub name_tag: u32,
     /// `co_lnotab` (3.9) or `co_linetable` (3.10+).
     pub table: LineTable,
 }
@@ -144,6 +146,7 @@ pub fn read_code(
         return Err(CodeError::BadCode { addr, why: "negative co_firstlineno" });
     }
     let ptr = |off: u64| le_u64(&head, off).ok_or(missing.clone());
+    let name_tag = py_name_tag(ptr(layout.co_qualname.unwrap_or(layout.co_name))?);
     let name = read_str(mem, layout, types, ptr(layout.co_name)?)?;
     let qualname = match layout.co_qualname {
         Some(off) => read_str(mem, layout, types, ptr(off)?)?,
@@ -160,6 +163,7 @@ pub fn read_code(
         name,
         filename,
         firstlineno: found,
+        name_tag,
         table: LineTable::for_minor(layout.minor, table),
     })
 }

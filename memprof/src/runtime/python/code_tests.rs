@@ -242,6 +242,7 @@ for co in codes:
     n = len(co.co_code) // 2
     out.append({"id": id(co), "name": co.co_name, "qualname": getattr(co, "co_qualname", co.co_name),
                 "filename": co.co_filename, "first": co.co_firstlineno,
+                "name_ptr": id(getattr(co, "co_qualname", co.co_name)),
                 "c": [None if l < 0 else l for l in (a2l(co, 2 * u) for u in range(n))],
                 "py": py_lines(co)})
 junk = [1, 2, 3]
@@ -316,6 +317,8 @@ time.sleep(600)
                 assert_eq!(info.qualname, co["qualname"].as_str().expect("qualname"), "{label}");
                 assert_eq!(info.filename, co["filename"].as_str().expect("filename"), "{label}");
                 assert_eq!(info.firstlineno, first, "{label}");
+                // The tag the kernel records: from the pointer of the string the name is read from.
+                assert_eq!(info.name_tag, memprof_common::python::py_name_tag(u(&co["name_ptr"])), "{label}");
                 assert_eq!(read_code(&mem, &l, &types, a, PY_NO_CHECK).as_ref(), Ok(&info), "{label}");
                 let stale = read_code(&mem, &l, &types, a, first + 1);
                 assert!(matches!(stale, Err(CodeError::Stale { .. })), "{label}: {stale:?}");

@@ -1,14 +1,15 @@
 //! Naming the Python frames the kernel recorded: (code object address, instruction offset,
-//! `co_firstlineno`) → `qualname (file:line)`.
+//! `co_firstlineno`, name tag) → `qualname (file:line)`.
 //!
-//! Code objects are read from the process's memory ([`super::code`]) and cached by address
-//! with the `co_firstlineno` the kernel saw: a code object can be freed and its address reused
-//! by another, and a recorded value that differs from the cached one means exactly that (the
-//! object is then read again). What was read stays after the process exits, so its stacks are
-//! still named; a worker forked without exec shares its parent's code objects, so a frame of a
-//! worker that exited before it could be read is named from its parent's or a sibling's cache
-//! when the interpreter file, address and `co_firstlineno` all match.
-
+//! Code objects are read from the process's memory ([`super::code`]) and cached by address,
+//! checked against the `co_firstlineno` and the tag of the `co_qualname` pointer the kernel saw:
+//! a code object can be freed and its address reused by another, and recorded values that differ
+//! from the cached ones mean exactly that (the object is then read again; what the old one
+//! was stays in [`SharedCodes`], so older stacks keep their names). What was read stays after the
+//! process exits (a pid is never read once its process is gone); a worker forked without exec
+//! shares its parent's code objects, so a frame of a worker that exited before it could be read
+//! is named from its parent's or a sibling's reads when the interpreter file, address,
+//! `co_firstlineno` and tag all match.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -35,8 +36,8 @@ pub struct PyProcess {
     pub alive: bool,
     found: Found,
     mem: ProcMem,
-    /// By address: (co_firstlineno, what was read), or why it could not be read.
-    codes: HashMap<u64, Result<(u32, Arc<CodeInfo>), String>>,
+    /// By address: what was read there last, or why it could not be read.
+    codes: HashMap<u64, Result<Arc<CodeInfo>, String>>,
     /// What observing it gave (code ranges, probes, status), given again while it maps the
     /// same interpreter.
     observed: (Vec<(u64, u64)>, Vec<RuntimeProbe>, RuntimeProcess),
@@ -60,8 +61,7 @@ impl PyProcess {
     }
 
     fn types(&self) -> TypeAddrs {
-        let t = self.found.types;
-        TypeAddrs { code: t.code, unicode: t.unicode, bytes: t.bytes }
+        self.found.types
     }
 }
 
@@ -90,11 +90,11 @@ impl PyProcess {
     }
 }
 
-/// Code objects by (interpreter file, address, co_firstlineno), from every process; and the
+/// Code objects by (interpreter file, address, co_firstlineno, name tag), from every process; and the
 /// frames that could not be named, by reason.
 #[derive(Default)]
 pub struct SharedCodes {
-    by_key: HashMap<(ObjectKey, u64, u32), Arc<CodeInfo>>,
+    by_key: HashMap<(ObjectKey, u64, u32, u32), Arc<CodeInfo>>,
     pub unresolved: BTreeMap<String, u64>,
 }
 
@@ -107,8 +107,8 @@ pub fn frame(
     detail: u64,
 ) -> Frame {
     let addr = slot_payload(slot);
-    let (units, check) = py_frame_detail_parts(detail);
-    match code_info(procs, shared, pid, addr, check) {
+    let (units, tag, check) = py_frame_detail_parts(detail);
+    match code_info(procs, shared, pid, addr, tag, check) {
         Ok(ci) => Frame {
             function: ci.qualname.clone(),
             file: Some(ci.filename.clone()),
@@ -131,44 +131,53 @@ pub fn frame(
     }
 }
 
-/// The code object at `addr` in `pid` whose `co_firstlineno` is `check`.
+/// The code object at `addr` in `pid` whose `co_firstlineno` is `check` and whose name pointer
+/// has tag `tag` (any, if `check` is `PY_NO_CHECK`).
 fn code_info(
     procs: &mut HashMap<u32, PyProcess>,
     shared: &mut SharedCodes,
     pid: u32,
     addr: u64,
+    tag: u32,
     check: u32,
 ) -> Result<Arc<CodeInfo>, String> {
     let Some(p) = procs.get_mut(&pid) else {
         return Err("not_a_walked_process".into());
     };
-    let matches = |first: u32| check == PY_NO_CHECK || first == check;
-    match p.codes.get(&addr) {
-        Some(Ok((first, ci))) if matches(*first) => return Ok(ci.clone()),
-        Some(Err(why)) if !p.alive => return Err(why.clone()),
-        _ => {}
+    let matches = |ci: &CodeInfo| check == PY_NO_CHECK || (ci.firstlineno == check && ci.name_tag == tag);
+    if let Some(Ok(ci)) = p.codes.get(&addr) {
+        if matches(ci) {
+            return Ok(ci.clone());
+        }
     }
+    // Read before, by this process or another of the same interpreter (a forked worker's
+    // parent), when it had this `co_firstlineno`.
     let key = p.found.object_key;
-    let read = if p.alive || crate::target::procs::pid_alive(pid) {
-        code::read_code(&p.mem, &p.found.layout, &p.types(), addr, check).map_err(|e| reason(&e))
-    } else {
-        Err("process_exited".into())
-    };
-    match read {
+    if check != PY_NO_CHECK {
+        if let Some(ci) = shared.by_key.get(&(key, addr, check, tag)) {
+            return Ok(ci.clone());
+        }
+    }
+    if !p.alive {
+        // Never read from a pid that may now be another process.
+        return Err(match p.codes.get(&addr) {
+            Some(Err(why)) => why.clone(),
+            _ => "process_exited".into(),
+        });
+    }
+    let read = code::read_code(&p.mem, &p.found.layout, &p.types(), addr, check).map_err(|e| reason(&e));
+    match read.and_then(|ci| if matches(&ci) { Ok(ci) } else { Err("stale".into()) }) {
         Ok(ci) => {
             let ci = Arc::new(ci);
-            p.codes.insert(addr, Ok((ci.firstlineno, ci.clone())));
-            shared.by_key.insert((key, addr, ci.firstlineno), ci.clone());
+            p.codes.insert(addr, Ok(ci.clone()));
+            shared.by_key.insert((key, addr, ci.firstlineno, ci.name_tag), ci.clone());
             Ok(ci)
         }
         Err(why) => {
-            // Read by another process of the same interpreter (a forked worker's parent).
-            if check != PY_NO_CHECK {
-                if let Some(ci) = shared.by_key.get(&(key, addr, check)) {
-                    return Ok(ci.clone());
-                }
+            // A name read earlier stays (its stacks are still named from `shared`).
+            if !matches!(p.codes.get(&addr), Some(Ok(_))) {
+                p.codes.insert(addr, Err(why.clone()));
             }
-            p.codes.insert(addr, Err(why.clone()));
             Err(why)
         }
     }

@@ -352,7 +352,8 @@ impl Layout {
         let mut entry = self.frame_entry.unwrap_or(0);
         set("frame.owner", &mut entry, owner);
         self.frame_entry = Some(entry);
-        self.frame_read = self.frame_read.max(((owner + 8) & !7) as u32);
+        let frame_end = [owner + 1, self.frame_back + 8, self.frame_code + 8, self.frame_instr + 8].into_iter().max().unwrap_or(0);
+        self.frame_read = self.frame_read.max(((frame_end + 7) & !7) as u32);
         set("code.filename", &mut self.co_filename, sane(get(CodeFilename)?, 1024, "filename")?);
         set("code.name", &mut self.co_name, sane(get(CodeName)?, 1024, "name")?);
         let mut q = self.co_qualname.unwrap_or(0);
@@ -363,7 +364,18 @@ impl Layout {
         let mut a = self.co_code_adaptive.unwrap_or(0);
         set("code.co_code_adaptive", &mut a, sane(get(CodeAdaptive)?, 1024, "co_code_adaptive")?);
         self.co_code_adaptive = Some(a);
-        self.co_read = self.co_read.max(a).max(self.co_linetable + 8).max(self.co_qualname.unwrap_or(0) + 8);
+        self.co_read = [
+            self.co_read,
+            a,
+            self.co_linetable + 8,
+            self.co_qualname.unwrap_or(0) + 8,
+            self.co_name + 8,
+            self.co_filename + 8,
+            self.co_firstlineno + 4,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         set("unicode.state", &mut self.str_state, sane(get(UnicodeState)?, 256, "state")?);
         set("unicode.length", &mut self.str_length, sane(get(UnicodeLength)?, 256, "length")?);
         set("unicode.asciiobject_size", &mut self.str_ascii_size, sane(get(UnicodeAsciiSize)?, 256, "asciiobject_size")?);

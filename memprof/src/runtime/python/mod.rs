@@ -23,14 +23,6 @@ use pymalloc::{ObjectAllocator, Role};
 use super::{Observed, RuntimeProbe, RuntimeProcess};
 use crate::{report::Frame, target::maps};
 
-/// Addresses (in one process) of the type objects that validate what is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TypeAddrsOwned {
-    pub code: u64,
-    pub unicode: u64,
-    pub bytes: u64,
-}
-
 /// The module name of Python frames.
 pub const PYTHON_MODULE: &str = "[python]";
 

@@ -65,7 +65,7 @@ pub struct Found {
     /// pymalloc's arena allocator function, in the process (see `pymalloc::arena_allocator`).
     pub arena_alloc: Option<(u64, u64)>,
     /// Type objects, in the process (validating code objects and strings).
-    pub types: super::TypeAddrsOwned,
+    pub types: super::code::TypeAddrs,
     /// Layout fields `_Py_DebugOffsets` changed (3.13+).
     pub debug_offsets_changed: Vec<String>,
 }
@@ -85,18 +85,14 @@ pub enum Inspection {
 
 /// `pc - bias` = link-time address, for the mapping `e` of `elf`.
 pub fn load_bias(elf: &PyElf, e: &MapEntry) -> Option<u64> {
-    let &(off, vaddr, _, _) = elf
-        .segments
-        .iter()
-        .find(|(off, _, size, _)| off & !0xfff <= e.offset && e.offset < off + (*size).max(1))?;
-    Some(e.start.wrapping_sub(e.offset).wrapping_sub(vaddr.wrapping_sub(off)))
+    e.load_bias(elf.segments.iter().map(|&(off, vaddr, size, _)| (off, vaddr, size)))
 }
 
 /// Looks for CPython in process `pid` and checks what its walker needs.
 pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspection {
     let mut seen = Vec::new();
     let mut found: Option<(Arc<PyElf>, MapEntry)> = None;
-    let exe_inode = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let exe_inode = crate::target::procs::exe_inode(pid);
     for e in entries.iter().filter(|e| e.is_exec() && e.is_file_backed()) {
         let key = (e.dev_major, e.dev_minor, e.inode);
         if seen.contains(&key) {
@@ -181,7 +177,7 @@ pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspecti
     // The main thread's newest frame must be readable where the layout says (a cheap check of
     // the thread-state offsets; a thread may have no frame at this moment).
     if let Some(&(ts, _)) = threads.states.first() {
-        if mem.u64(ts + layout.ts_frame).is_none() {
+        if mem.u64(ts.wrapping_add(layout.ts_frame)).is_none() {
             return unsupported("its thread state is unreadable where the layout says".into());
         }
     }
@@ -202,7 +198,7 @@ pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspecti
         frame_entry: off(layout.frame_entry),
         frame_read: layout.frame_read,
         entry_value: layout.entry_value.map_or(PY_NONE, u32::from),
-        base_value: PY_NONE,
+        code_name: layout.co_qualname.unwrap_or(layout.co_name) as u32,
         code_adaptive: off(layout.co_code_adaptive),
         code_firstlineno: layout.co_firstlineno as u32,
         code_mask: layout.code_mask,
@@ -218,7 +214,7 @@ pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspecti
         ranges,
         allocator,
         arena_alloc,
-        types: super::TypeAddrsOwned { code: code_t, unicode: str_t, bytes: bytes_t },
+        types: super::code::TypeAddrs { code: code_t, unicode: str_t, bytes: bytes_t },
         debug_offsets_changed: changed,
         layout,
         object: elf,

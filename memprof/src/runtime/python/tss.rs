@@ -50,14 +50,15 @@ pub struct ThreadStates {
 
 /// Lists the main interpreter's thread states.
 pub fn thread_states(mem: &ProcMem, layout: &Layout, runtime: u64) -> Result<ThreadStates, TssError> {
-    let interp = mem.u64(runtime + layout.rt_interpreters_head).ok_or(TssError::Unreadable)?;
+    let interp = mem.u64(runtime.wrapping_add(layout.rt_interpreters_head)).ok_or(TssError::Unreadable)?;
     if interp == 0 {
         return Err(TssError::NotReady);
     }
-    let mut t = mem.u64(interp + layout.interp_threads_head).ok_or(TssError::NotReady)?;
+    let mut t = mem.u64(interp.wrapping_add(layout.interp_threads_head)).ok_or(TssError::NotReady)?;
     let mut states = Vec::new();
     while t != 0 && states.len() < MAX_THREADS {
-        let Some(buf) = mem.bytes(t, 256) else { break };
+        let need = [layout.ts_next, layout.ts_interp, layout.ts_thread_id].into_iter().max().unwrap_or(0) + 8;
+        let Some(buf) = mem.bytes(t, need as usize) else { break };
         let (Some(next), Some(owner), Some(tid)) = (
             le_u64(&buf, layout.ts_next),
             le_u64(&buf, layout.ts_interp),
@@ -96,7 +97,8 @@ pub fn key_candidates(elf: &PyElf, bias: u64, mem: &ProcMem, layout: &Layout) ->
     let runtime = elf.symbols.get("_PyRuntime").copied();
     if let (Some(f), Some(rt)) = (elf.symbols.get("PyGILState_GetThisThreadState"), runtime) {
         if let Some(code) = elf.code_at(f.addr, 64) {
-            let in_runtime = |a: u64| a >= rt.addr + bias && a < rt.addr + bias + rt.size.max(1);
+            let start = rt.addr.wrapping_add(bias);
+            let in_runtime = |a: u64| a >= start && a - start < rt.size.max(1);
             for a in decode_key_address(code, f.addr, bias, mem) {
                 if in_runtime(a) && !out.contains(&a) {
                     out.push(a);
@@ -105,7 +107,7 @@ pub fn key_candidates(elf: &PyElf, bias: u64, mem: &ProcMem, layout: &Layout) ->
         }
     }
     if let Some(rt) = runtime {
-        let a = rt.addr + bias + layout.rt_autotss;
+        let a = rt.addr.wrapping_add(bias).wrapping_add(layout.rt_autotss);
         if !out.contains(&a) {
             out.push(a);
         }
