@@ -243,8 +243,8 @@ pub(super) fn report(
          the object-allocator probes that fire on the same calls (`PyObject_Malloc` → `malloc`), on \
          Debian's (object allocator not probed) it is the walk alone. \"Python frames\": `(depth.py:N)` \
          frames in memprof's heaviest stack / frames on the real stack (D + 3: `<module>`, `main`, D \
-         × `descend`, `pairs`); memprof reads at most 64 Python frames per eval-loop activation, so \
-         D = 96 is cut short there.\n"
+         × `descend`, `pairs`); memprof records up to 128 Python frames per eval-loop activation \
+         (3.11+ runs Python-to-Python calls in one) in a stack of at most 256 slots, 2 per Python frame.\n"
     )?;
     writeln!(
         w,
