@@ -288,12 +288,17 @@ pub enum Counter {
     PyMisaligned = 25,
     /// Python frames cut by the stack depth limit.
     PyTruncated = 26,
+    /// pymalloc arenas mapped whose pages are counted as first touched (optimised builds).
+    PyArenas = 27,
+    /// pymalloc arenas that could not be registered (map full, or too large): counted as one
+    /// mapping each instead.
+    PyArenasUnregistered = 28,
 }
 
 pub const COUNTER_COUNT: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 29] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -321,6 +326,8 @@ impl Counter {
         Counter::PyReadFailed,
         Counter::PyMisaligned,
         Counter::PyTruncated,
+        Counter::PyArenas,
+        Counter::PyArenasUnregistered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -352,6 +359,8 @@ impl Counter {
             Counter::PyReadFailed => "python_walk_failed_read",
             Counter::PyMisaligned => "python_walk_failed_misaligned",
             Counter::PyTruncated => "python_walk_failed_depth",
+            Counter::PyArenas => "python_arenas_paged",
+            Counter::PyArenasUnregistered => "python_arenas_unregistered",
         }
     }
 

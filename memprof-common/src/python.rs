@@ -84,6 +84,66 @@ pub struct PyProc {
     pub code_firstlineno: u32,
     /// Applied to the code pointer (3.14's stack references carry tag bits).
     pub code_mask: u64,
+    /// `[arena_start, arena_end)`: pymalloc's arena allocator function (runtime addresses), when
+    /// the object allocator is not probed: an anonymous mmap returning into it is an arena,
+    /// whose pages are counted as they are first touched ([`PyArena`]); 0, 0: arenas are
+    /// ordinary mappings (or made inside a probed allocator call).
+    pub arena_start: u64,
+    pub arena_end: u64,
+}
+
+/// Arenas are found by address in granules of `1 << PY_ARENA_GRANULE_SHIFT` bytes (256 KiB, the
+/// smallest arena: 3.9's).
+pub const PY_ARENA_GRANULE_SHIFT: u32 = 18;
+/// Granules one arena may span (a 1 MiB arena at any page alignment spans 5).
+pub const PY_ARENA_MAX_GRANULES: u64 = 8;
+
+/// Key of `PY_ARENAS`: one granule of a process's address space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyArenaKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub granule: u64,
+}
+
+/// The pymalloc arenas overlapping a granule, `[start, end)` each (0, 0: none): arenas are at
+/// least a granule long, so at most two overlap one (the end of one, the start of the next).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyArena {
+    pub ranges: [[u64; 2]; 2],
+}
+
+impl PyArena {
+    /// Adds `[start, end)`, replacing a range it overlaps (an arena gone unseen) or the second.
+    pub fn add(&mut self, start: u64, end: u64) {
+        let overlaps = |r: &[u64; 2]| r[0] < end && start < r[1];
+        let slot = if self.ranges[0][1] == 0 || overlaps(&self.ranges[0]) { 0 } else { 1 };
+        self.ranges[slot] = [start, end];
+    }
+
+    /// Drops the ranges overlapping `[start, end)`; true when one was dropped.
+    pub fn remove(&mut self, start: u64, end: u64) -> bool {
+        let mut hit = false;
+        let mut i = 0;
+        while i < 2 {
+            if self.ranges[i][1] != 0 && self.ranges[i][0] < end && start < self.ranges[i][1] {
+                self.ranges[i] = [0, 0];
+                hit = true;
+            }
+            i += 1;
+        }
+        hit
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges[0][1] == 0 && self.ranges[1][1] == 0
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.ranges[0][0] <= addr && addr < self.ranges[0][1]) || (self.ranges[1][0] <= addr && addr < self.ranges[1][1])
+    }
 }
 
 /// Instruction offsets recorded are below this (larger ones are recorded as 0).
@@ -110,12 +170,14 @@ pub const fn py_frame_detail_parts(detail: u64) -> (u32, u32, u32) {
     ((detail as u32) & (PY_MAX_UNITS - 1), (detail as u32) >> 24, (detail >> 32) as u32)
 }
 
-const _: () = assert!(core::mem::size_of::<PyProc>() == 88);
+const _: () = assert!(core::mem::size_of::<PyProc>() == 104);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PyProc {}
+    unsafe impl aya::Pod for PyArenaKey {}
+    unsafe impl aya::Pod for PyArena {}
 }
 
 #[cfg(test)]

@@ -102,19 +102,37 @@ fn code_mapped() {
     emit(event(MemEventKind::CodeMapped, (current() >> 32) as u32));
 }
 
-/// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
+/// The user stack pointer at the syscall.
 #[inline(always)]
-pub fn leaf_return_address() -> u64 {
+fn user_sp() -> Option<u64> {
     unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
         if regs.is_null() {
-            return 0;
+            return None;
         }
-        let Ok(sp) = bpf_probe_read_kernel(&raw const (*regs).rsp) else {
-            return 0;
-        };
-        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+        bpf_probe_read_kernel(&raw const (*regs).rsp).ok()
+    }
+}
+
+/// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
+#[inline(always)]
+pub fn leaf_return_address() -> u64 {
+    match user_sp() {
+        Some(sp) => unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// The top [`STACK_TOP_WORDS`] words of the user stack at the syscall (the wrapper's return
+/// address is among them, whatever the wrapper pushed first); zeros where unreadable.
+pub const STACK_TOP_WORDS: usize = 8;
+
+#[inline(always)]
+pub fn stack_top() -> [u64; STACK_TOP_WORDS] {
+    match user_sp() {
+        Some(sp) => unsafe { bpf_probe_read_user(sp as *const [u64; STACK_TOP_WORDS]) }.unwrap_or([0; STACK_TOP_WORDS]),
+        None => [0; STACK_TOP_WORDS],
     }
 }
 
@@ -150,6 +168,10 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (current() >> 32) as u32;
+    if crate::runtime::heap_mapped(tgid, ret, page_round(args.len), &stack_top()) {
+        // A runtime's heap: its pages are recorded as they are first touched.
+        return 0;
+    }
     let (stack_id, leaf_ret) = if dwarf_unwind() {
         let id = match Regs::current_user() {
             Some(regs) => unwind(tgid, regs, false),
@@ -199,6 +221,9 @@ pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
     let Some(args) = take(MemEventKind::Munmap) else { return 0 };
     if arg(&ctx, 0) != 0 {
         return 0;
+    }
+    if crate::runtime::heap_unmapped((current() >> 32) as u32, args.addr, args.len) {
+        crate::rss::release(args.addr, args.len);
     }
     emit(MemEvent {
         kind: MemEventKind::Munmap as u32,

@@ -2,11 +2,14 @@
 //! uprobes. A page is recorded (under the user stack of the faulting thread) the first time a
 //! page fault touches it; munmap, mremap and madvise(DONTNEED/FREE/REMOVE) release its record;
 //! userspace retires a process's pages when it exits. Records reuse the allocation maps: key
-//! (tgid, page address), size 4096.
+//! (tgid, page address), size 4096. In allocation mode the same program counts the pages of the
+//! runtime heaps whose objects cannot be tracked one by one (`crate::runtime::heap_page`).
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
@@ -36,15 +39,17 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
-    if !rss_mode() {
-        return Ok(());
-    }
     let id = current();
     if !in_scope(id) {
         return Ok(());
     }
     let address: u64 = unsafe { ctx.read_at(8) }.map_err(|e| e as i64)?;
     let tgid = (id >> 32) as u32;
+    // Allocation mode: only the pages of runtime heaps counted by touch (Python's arenas in
+    // optimised builds).
+    if !rss_mode() && !crate::runtime::heap_page(tgid, address) {
+        return Ok(());
+    }
     let page = address & !(PAGE - 1);
     if unsafe { ALLOCS.get(&AllocKey { tgid, _pad: 0, addr: page }) }.is_some() {
         return Ok(());
@@ -100,10 +105,25 @@ pub fn release(addr: u64, len: u64) {
         emit(MemEvent { addr: start, len: pages * PAGE, ..event(MemEventKind::RangeReleased, tgid) });
         return;
     }
-    for i in 0..RSS_RELEASE_PAGES_MAX {
-        if i >= pages {
-            break;
-        }
-        retire(tgid, start + i * PAGE, None);
+    // One `bpf_loop` callback, verified once (an unrolled loop of map updates is too much for
+    // the verifier next to the arena bookkeeping of munmap).
+    let mut ctx = ReleaseCtx { tgid, _pad: 0, start };
+    unsafe {
+        bpf_loop(pages as u32, release_step as *mut c_void, (&raw mut ctx).cast(), 0);
     }
+}
+
+#[repr(C)]
+struct ReleaseCtx {
+    tgid: u32,
+    _pad: u32,
+    start: u64,
+}
+
+/// `bpf_loop` callback: releases page `i` of the range.
+#[inline(never)]
+extern "C" fn release_step(i: u64, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &*(ctx as *const ReleaseCtx) };
+    retire(c.tgid, c.start.wrapping_add(i.wrapping_mul(PAGE)), None);
+    0
 }

@@ -128,6 +128,27 @@ pub fn at_frame(w: &mut Walk, st: &mut UnwoundStack, lookup: u64, sp: u64, cfa: 
     }
 }
 
+/// An anonymous mapping `[addr, addr+len)` of `tgid`, made by a syscall wrapper whose stack
+/// starts with `stack_top` (its return address among those words): true when it is a runtime's
+/// heap whose pages are counted as they are touched (not as one mapping).
+#[inline(always)]
+pub fn heap_mapped(tgid: u32, addr: u64, len: u64, stack_top: &[u64; crate::mmap::STACK_TOP_WORDS]) -> bool {
+    crate::python::arenas::mapped(tgid, addr, len, stack_top)
+}
+
+/// Whether a page fault at `addr` of `tgid` is in such a heap (the page is then recorded).
+#[inline(always)]
+pub fn heap_page(tgid: u32, addr: u64) -> bool {
+    crate::python::arenas::contains(tgid, addr)
+}
+
+/// `[addr, addr+len)` of `tgid` was unmapped: true when it held such heaps (their page records
+/// are then released).
+#[inline(always)]
+pub fn heap_unmapped(tgid: u32, addr: u64, len: u64) -> bool {
+    crate::python::arenas::unmapped(tgid, addr, len)
+}
+
 /// The native walk stopped (`complete`: at the outermost frame).
 #[inline(always)]
 pub fn end(w: &mut Walk, complete: bool) {

@@ -78,10 +78,10 @@ pub struct Opt {
     #[arg(long)]
     pub no_python: bool,
 
-    /// Count Python's small objects by the pymalloc arenas that hold them instead of probing its
-    /// object allocator. Probing it names each object's Python function exactly but costs ~2–5 µs
-    /// per object allocation (a request-serving loop ran 45× slower on a build where it can be
-    /// probed; optimised builds inline it and are counted by arena anyway).
+    /// Count Python's small objects by the pymalloc arena pages they first touch instead of
+    /// probing its object allocator. Probing it tracks each object exactly but costs ~2–5 µs per
+    /// object allocation (a request-serving loop ran 45× slower on a build where it can be
+    /// probed; optimised builds inline it and are counted by arena page anyway).
     #[arg(long)]
     pub no_python_objects: bool,
 

@@ -226,10 +226,17 @@ impl RuntimesInfo {
             line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));
         }
         let objects: Vec<&str> = walked.iter().filter_map(|p| p.details.get("object_allocator")).map(String::as_str).collect();
+        let paged = walked.first().is_some_and(|p| p.heap_pages);
         if mode == "rss" {
             line.push_str("; Python objects by the pages they fill");
         } else if let Some(o) = objects.first() {
-            if o.contains("--no-python-objects") {
+            if o.starts_with("not probed") && paged {
+                line.push_str(&format!(
+                    "; small Python objects are counted by the pymalloc arena pages they first touch, under the \
+                     Python function that touched them ({})",
+                    if o.contains("--no-python-objects") { "--no-python-objects" } else { "an optimised build inlines the object allocator" }
+                ));
+            } else if o.contains("--no-python-objects") {
                 line.push_str("; small Python objects are counted as the pymalloc arenas holding them (--no-python-objects)");
             } else if o.starts_with("not probed") {
                 line.push_str(

@@ -120,11 +120,20 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("oom", "mark_victim", "oom_mark_victim", false),
 ];
 
-/// `--mode rss` only.
+/// `--mode rss` (the page faults also when a runtime counts its heap's pages, see
+/// [`Probes::attach_page_faults`]).
 const RSS_TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("exceptions", "page_fault_user", "page_fault_user", true),
     ("syscalls", "sys_enter_madvise", "sys_enter_madvise", true),
 ];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PageFaults {
+    No,
+    Attached,
+    /// Could not be attached (said once).
+    Failed,
+}
 
 /// One (file, process) pair we placed probes for.
 type ObjectKey = (u32, u32, u64);
@@ -146,6 +155,8 @@ pub struct Probes {
     pub optional_failures: Vec<String>,
     /// `--mode rss`: no uprobes at all.
     rss: bool,
+    /// The page-fault tracepoint (`--mode rss`, or runtime heaps counted by page).
+    page_faults: PageFaults,
     /// Links of exited processes, kept until the end.
     pub retired_links: usize,
     /// Move free-like probes past a leading NULL check onto an emulated instruction
@@ -215,11 +226,36 @@ impl Probes {
             optional_failures,
             probe_placement: true,
             rss: sizes.rss,
+            page_faults: if sizes.rss { PageFaults::Attached } else { PageFaults::No },
             retired_links: 0,
             placements: HashMap::new(),
             runtime_attached: Default::default(),
             runtime_placements: HashMap::new(),
         })
+    }
+
+    /// Attaches the page-fault tracepoint in allocation mode, once: a runtime counts its heap's
+    /// pages as they are first touched (Python's arenas in optimised builds). Only then, so
+    /// that the other processes of the host do not pay for it.
+    pub fn attach_page_faults(&mut self) {
+        if self.page_faults != PageFaults::No {
+            return;
+        }
+        let result = program::<TracePoint>(&mut self.bpf, "page_fault_user").map_err(|e| e.to_string()).and_then(|p| {
+            p.load().map_err(|e| e.to_string())?;
+            p.attach("exceptions", "page_fault_user").map(|_| ()).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => {
+                info!("page faults followed (pymalloc arenas counted by the pages their objects fill)");
+                self.page_faults = PageFaults::Attached;
+            }
+            Err(err) => {
+                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}");
+                self.optional_failures.push("exceptions:page_fault_user".into());
+                self.page_faults = PageFaults::Failed;
+            }
+        }
     }
 
     /// Whether free-like probes may be moved off the function entry (default: yes).

@@ -117,13 +117,13 @@ impl Collector {
     }
 
     /// Applies every pending mapping event and returns what the caller must act on.
-    /// `allocator_internal(pid, stack, complete)`: whether an anonymous mapping made with that stack (leaf
+    /// `allocator_internal(pid, addr, len, stack, complete)`: whether an anonymous mapping made with that stack (leaf
     /// first) belongs to an allocator (its own heaps and reservations: the blocks it hands out
     /// are counted one by one instead); such mappings are left out.
     pub fn drain_events(
         &mut self,
         bpf: &Ebpf,
-        allocator_internal: &mut dyn FnMut(u32, &[u64], bool) -> bool,
+        allocator_internal: &mut dyn FnMut(u32, u64, u64, &[u64], bool) -> bool,
     ) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut events = Vec::new();
@@ -146,7 +146,7 @@ impl Collector {
                         ips.insert(1, ev.leaf_ret);
                     }
                     let complete = st.flags.is_none_or(|f| f & STACK_TRUNCATED == 0);
-                    if allocator_internal(ev.tgid, &ips, complete) {
+                    if allocator_internal(ev.tgid, ev.addr, ev.len, &ips, complete) {
                         self.allocator_mappings += 1;
                         continue;
                     }

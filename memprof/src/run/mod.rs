@@ -2,6 +2,7 @@
 //! ([`session`]), write the artifacts ([`finish`]).
 
 mod finish;
+mod processes;
 mod session;
 
 use std::{

@@ -200,7 +200,7 @@ impl Session {
             self.drain_events();
             self.poll_processes();
             let probes = self.runtimes.poll(&mut self.probes.bpf);
-            self.probes.attach_runtime(&probes);
+            self.attach_for_runtimes(&probes);
             let ever_seen = !self.processes.is_empty();
             if ever_seen && self.processes.values().all(|p| !p.alive) {
                 return "targets_exited";
@@ -243,13 +243,16 @@ impl Session {
         eprint!("\r\x1b[2K{line}");
     }
 
-    fn is_tracked(&self, pid: u32) -> bool {
+    pub(super) fn is_tracked(&self, pid: u32) -> bool {
         self.processes.get(&pid).is_some_and(|p| p.alive)
     }
 
     pub(super) fn drain_events(&mut self) {
         let code = &mut self.alloc_code;
-        let mut internal = |pid: u32, stack: &[u64], complete: bool| code.is_internal(pid, stack, complete);
+        let (runtimes, bpf) = (&self.runtimes, &self.probes.bpf);
+        let mut internal = |pid: u32, addr: u64, len: u64, stack: &[u64], complete: bool| {
+            code.is_internal(pid, stack, complete) || runtimes.is_paged_heap(bpf, pid, addr, len)
+        };
         let notices = self.collector.drain_events(&self.probes.bpf, &mut internal);
         for notice in notices {
             match notice {
@@ -301,79 +304,6 @@ impl Session {
                     }
                 }
             }
-        }
-    }
-
-    /// Current processes of the target.
-    fn target_pids(&self) -> Vec<u32> {
-        match (&self.config.cgroup, self.config.pid) {
-            (Some(cg), _) => target::cgroup::cgroup_tree_pids(&cg.path).unwrap_or_default(),
-            (None, Some(pid)) if target::procs::pid_alive(pid) => vec![pid],
-            _ => Vec::new(),
-        }
-    }
-
-    /// Adopts new processes (probes, memory map) and retires those that exited.
-    fn poll_processes(&mut self) {
-        let pids = self.target_pids();
-        for &pid in &pids {
-            if !self.is_tracked(pid) {
-                self.adopt(pid);
-            }
-        }
-        let gone: Vec<u32> = self
-            .processes
-            .iter()
-            .filter(|(pid, p)| p.alive && pids.binary_search(pid).is_err() && !target::procs::pid_alive(**pid))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            // The kernel released everything the process held: not leaks.
-            self.drain_events();
-            let held = self.collector.retire_process(&mut self.probes.bpf, pid);
-            // Its probes stay attached (they are per-process perf events and never fire again)
-            // until memprof exits: on kernel 6.18, closing uprobe perf events and attaching new
-            // ones at the same offsets shortly after was seen to leave the new ones disarmed
-            // (a process restarting in a container lost every allocation). The cost is ~20 file
-            // descriptors per exited process; see raise_fd_limit().
-            self.probes.forget_process(pid);
-            self.runtimes.forget(&mut self.probes.bpf, pid);
-            self.alloc_code.forget(pid);
-            self.symbolizer.forget_process(pid);
-            if let Some(u) = self.unwinder.as_mut() {
-                u.forget_process(&mut self.probes.bpf, pid);
-            }
-            if let Some(p) = self.processes.get_mut(&pid) {
-                p.alive = false;
-                p.freed_at_exit = Some(held);
-            }
-            info!("pid {pid} exited; {} it still held were released with it", output::human_bytes(held));
-        }
-    }
-
-    fn adopt(&mut self, pid: u32) {
-        let comm = target::procs::comm(pid).unwrap_or_default();
-        self.symbolizer.observe_process(pid);
-        // Tables first, so the first allocations the probes see unwind whole.
-        self.load_unwind(pid);
-        let n = self.probes.attach_process(pid);
-        if n == 0 && !self.config.sizes.rss {
-            warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
-        }
-        self.observe_runtimes(pid, true);
-        self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
-    }
-
-    /// Looks for runtimes (Python) in a process and attaches the probes they ask for.
-    fn observe_runtimes(&mut self, pid: u32, fresh: bool) {
-        let probes = self.runtimes.observe(&mut self.probes.bpf, pid, fresh);
-        self.probes.attach_runtime(&probes);
-    }
-
-    /// `--unwind dwarf`: (re)loads the CFI tables and mapping list of a process.
-    fn load_unwind(&mut self, pid: u32) {
-        if let Some(u) = self.unwinder.as_mut() {
-            u.load_process(&mut self.probes.bpf, pid);
         }
     }
 

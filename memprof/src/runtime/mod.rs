@@ -73,6 +73,10 @@ pub struct RuntimeProcess {
     /// Runtime-specific facts (Python: what happens to its object allocator).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
+    /// Its heap's pages are counted as they are first touched (pymalloc arenas of an optimised
+    /// build): the page-fault tracepoint is needed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub heap_pages: bool,
 }
 
 /// Names runtime frames (implemented by [`Runtimes`]; the symbolizer knows only this).
@@ -203,6 +207,24 @@ impl Runtimes {
                 Vec::new()
             }
         }
+    }
+
+    /// Heap ranges of `pid` whose pages are counted as touched since it was observed, found
+    /// there then (a mapping recorded for them before must go: its bytes are counted by page).
+    pub fn found_heaps(&self, pid: u32) -> &[(u64, u64)] {
+        self.python.found_arenas(pid)
+    }
+
+    /// Whether a mapping `[addr, addr+len)` of `pid` is a heap whose pages are counted (a
+    /// mapping event drained after the kernel began counting it by page).
+    pub fn is_paged_heap(&self, bpf: &Ebpf, pid: u32, addr: u64, len: u64) -> bool {
+        self.python.is_registered_arena(bpf, pid, addr, len)
+    }
+
+    /// Whether a walked process counts heap pages as they are touched (see
+    /// [`RuntimeProcess::heap_pages`]).
+    pub fn heap_pages(&self) -> bool {
+        self.status.values().any(|s| s.heap_pages)
     }
 
     /// Looks again at processes whose runtime was not ready; returns the probes to attach.

@@ -48,6 +48,11 @@ impl PyProcess {
         PyProcess { alive: true, found, mem: ProcMem::new(pid), codes: HashMap::new(), observed }
     }
 
+    /// Whether the kernel counts its arenas page by page.
+    pub fn heap_pages(&self) -> bool {
+        self.found.proc.arena_end != 0
+    }
+
     /// The earlier observation, if the process still maps the same interpreter file at the same
     /// address.
     pub fn still_walked(&self, entries: &[MapEntry]) -> Option<Observed> {
@@ -66,9 +71,10 @@ impl PyProcess {
 }
 
 /// The leaf frame added to stacks that end in an `mmap` by pymalloc's arena allocator, when
-/// Python's objects are not tracked one by one (an optimised build inlines pymalloc): those
-/// bytes are Python objects, whose own allocation sites are not visible — the Python frames
-/// above are only the code that happened to need a new arena.
+/// Python's objects are not tracked one by one (an optimised build inlines pymalloc) and the
+/// arena could not be counted page by page (the kernel's arena map was full): those bytes are
+/// Python objects, whose own allocation sites are not visible — the Python frames above are
+/// only the code that happened to need a new arena.
 pub const ARENA_FRAME: &str = "[python objects in a pymalloc arena]";
 
 impl PyProcess {

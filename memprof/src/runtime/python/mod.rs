@@ -2,6 +2,7 @@
 //! ([`process`]), loading what its kernel-side walker needs (`PY_PROCS`), probing its object
 //! allocator ([`pymalloc`]), and naming the frames the walker records ([`frames`]).
 
+pub mod arenas;
 pub mod code;
 pub mod elf;
 pub mod frames;
@@ -14,7 +15,7 @@ pub mod tss;
 use std::collections::{BTreeMap, HashMap};
 
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
-use memprof_common::python::PyProc;
+use memprof_common::python::{PY_ARENA_GRANULE_SHIFT, PY_ARENA_MAX_GRANULES, PyArena, PyArenaKey, PyProc};
 
 pub use process::load_bias;
 use process::{ElfCache, Inspection};
@@ -37,6 +38,8 @@ pub struct Python {
     /// Frames named from processes that exited meanwhile, by (interpreter object, code address,
     /// co_firstlineno): a forked worker's code objects were read in its parent or a sibling.
     shared: frames::SharedCodes,
+    /// Arenas found in each process when it was observed (see `arenas.rs`).
+    found_arenas: HashMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Python {
@@ -72,10 +75,21 @@ impl Python {
                 frames: "unsupported",
                 why: Some(why),
                 details: BTreeMap::new(),
+                heap_pages: false,
             }),
             Inspection::Ready(mut found) => {
                 if !self.objects && matches!(found.allocator, ObjectAllocator::Probe(_)) {
                     found.allocator = ObjectAllocator::NotProbed("--no-python-objects".into());
+                }
+                // Objects not tracked one by one: their arenas are counted page by page.
+                let heap_pages = matches!(found.allocator, ObjectAllocator::NotProbed(_)) && found.arena_alloc.is_some();
+                if let (true, Some((start, end))) = (heap_pages, found.arena_alloc) {
+                    found.proc.arena_start = start;
+                    found.proc.arena_end = end;
+                }
+                if fresh && self.procs.get(&pid).is_some_and(|p| p.heap_pages()) {
+                    // A new image: the old one's arenas went with it.
+                    forget_arenas(bpf, pid);
                 }
                 if let Err(err) = load_proc(bpf, pid, &found.proc) {
                     return Observed::Unsupported(RuntimeProcess {
@@ -86,9 +100,19 @@ impl Python {
                         frames: "unsupported",
                         why: Some(format!("cannot load its walker data: {err}")),
                         details: BTreeMap::new(),
+                        heap_pages: false,
                     });
                 }
                 let mut details = BTreeMap::new();
+                if heap_pages {
+                    let g = arenas::geometry(found.layout.minor);
+                    let existing = arenas::existing(&crate::runtime::mem::ProcMem::new(pid), &entries, g);
+                    let n = register_arenas(bpf, pid, &existing);
+                    details.insert("small_objects".into(), format!("by the arena pages they first touch ({n} arenas already there)"));
+                    self.found_arenas.insert(pid, existing);
+                } else {
+                    self.found_arenas.remove(&pid);
+                }
                 let probes = match &found.allocator {
                     ObjectAllocator::Probe(fns) => {
                         details.insert("object_allocator".into(), format!("probed ({} functions)", fns.len()));
@@ -127,6 +151,7 @@ impl Python {
                     frames: "walked",
                     why: None,
                     details,
+                    heap_pages,
                 };
                 let ranges = found.ranges.clone();
                 let observed = Observed::Walked { ranges: ranges.clone(), probes: probes.clone(), status: status.clone() };
@@ -141,9 +166,34 @@ impl Python {
         if let Some(Ok(mut m)) = bpf.map_mut("PY_PROCS").map(BpfHashMap::<_, u32, PyProc>::try_from) {
             let _ = m.remove(&pid);
         }
+        if self.procs.get(&pid).is_some_and(|p| p.alive && p.heap_pages()) {
+            forget_arenas(bpf, pid);
+        }
         if let Some(p) = self.procs.get_mut(&pid) {
             p.alive = false;
         }
+    }
+
+    /// The arenas found in `pid` when it was observed (counted page by page from then on).
+    pub fn found_arenas(&self, pid: u32) -> &[(u64, u64)] {
+        self.found_arenas.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `[addr, addr+len)` of `pid` overlaps an arena the kernel counts page by page
+    /// (its mapping, recorded before the arena was registered, must not count as well).
+    pub fn is_registered_arena(&self, bpf: &Ebpf, pid: u32, addr: u64, len: u64) -> bool {
+        if !self.procs.get(&pid).is_some_and(|p| p.alive && p.heap_pages()) || len == 0 {
+            return false;
+        }
+        let Some(Ok(m)) = bpf.map("PY_ARENAS").map(BpfHashMap::<_, PyArenaKey, PyArena>::try_from) else {
+            return false;
+        };
+        let end = addr.saturating_add(len);
+        let (first, last) = (addr >> PY_ARENA_GRANULE_SHIFT, (end - 1) >> PY_ARENA_GRANULE_SHIFT);
+        (first..=last.min(first + PY_ARENA_MAX_GRANULES)).any(|granule| {
+            m.get(&PyArenaKey { tgid: pid, _pad: 0, granule }, 0)
+                .is_ok_and(|a| a.ranges.iter().any(|r| r[1] != 0 && r[0] < end && addr < r[1]))
+        })
     }
 
     /// Names one Python frame of `pid`.
@@ -161,6 +211,36 @@ impl Python {
     pub fn unresolved(&self) -> BTreeMap<String, u64> {
         self.shared.unresolved.clone()
     }
+}
+
+/// Drops the arenas the kernel registered for `pid` (see `memprof-ebpf/src/python/arenas.rs`).
+fn forget_arenas(bpf: &mut Ebpf, pid: u32) {
+    let Some(Ok(mut m)) = bpf.map_mut("PY_ARENAS").map(BpfHashMap::<_, PyArenaKey, PyArena>::try_from) else {
+        return;
+    };
+    let keys: Vec<PyArenaKey> = m.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+    for k in keys {
+        let _ = m.remove(&k);
+    }
+}
+
+/// Registers arenas found in the process for the kernel to count page by page; returns how
+/// many.
+fn register_arenas(bpf: &mut Ebpf, pid: u32, found: &[(u64, u64)]) -> usize {
+    let Some(Ok(mut m)) = bpf.map_mut("PY_ARENAS").map(BpfHashMap::<_, PyArenaKey, PyArena>::try_from) else {
+        return 0;
+    };
+    let entries = arenas::entries(pid, found, |k| m.get(k, 0).ok());
+    let mut failed = 0;
+    for (k, v) in entries {
+        if m.insert(k, v, 0).is_err() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        log::warn!("pid {pid}: {failed} arena granules not registered (map full): their pages are not counted");
+    }
+    found.len()
 }
 
 fn load_proc(bpf: &mut Ebpf, pid: u32, proc: &PyProc) -> Result<(), String> {

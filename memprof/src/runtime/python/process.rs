@@ -202,6 +202,8 @@ pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspecti
         code_adaptive: off(layout.co_code_adaptive),
         code_firstlineno: layout.co_firstlineno as u32,
         code_mask: layout.code_mask,
+        arena_start: 0,
+        arena_end: 0,
     };
     let ranges = elf.eval.iter().map(|&(s, e)| (s.wrapping_add(bias), e.wrapping_add(bias))).collect();
     let allocator = object_allocator(&elf, bias, &mem);

@@ -14,6 +14,8 @@
 //! The approach follows the OpenTelemetry eBPF profiler's Python unwinder
 //! (`support/ebpf/python_tracer.ebpf.c`); the per-activation checks are memprof's own.
 
+pub mod arenas;
+
 use core::ffi::c_void;
 
 use aya_ebpf::{

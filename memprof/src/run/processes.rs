@@ -1,0 +1,95 @@
+//! The target's processes as they come and go: adopted (unwind tables, probes, runtimes) and
+//! retired when they exit.
+
+use log::{info, warn};
+
+use super::session::{Session, Tracked};
+use crate::{output, target};
+
+impl Session {
+    /// Current processes of the target.
+    pub(super) fn target_pids(&self) -> Vec<u32> {
+        match (&self.config.cgroup, self.config.pid) {
+            (Some(cg), _) => target::cgroup::cgroup_tree_pids(&cg.path).unwrap_or_default(),
+            (None, Some(pid)) if target::procs::pid_alive(pid) => vec![pid],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Adopts new processes (probes, memory map) and retires those that exited.
+    pub(super) fn poll_processes(&mut self) {
+        let pids = self.target_pids();
+        for &pid in &pids {
+            if !self.is_tracked(pid) {
+                self.adopt(pid);
+            }
+        }
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| p.alive && pids.binary_search(pid).is_err() && !target::procs::pid_alive(**pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            // The kernel released everything the process held: not leaks.
+            self.drain_events();
+            let held = self.collector.retire_process(&mut self.probes.bpf, pid);
+            // Its probes stay attached (they are per-process perf events and never fire again)
+            // until memprof exits: on kernel 6.18, closing uprobe perf events and attaching new
+            // ones at the same offsets shortly after was seen to leave the new ones disarmed
+            // (a process restarting in a container lost every allocation). The cost is ~20 file
+            // descriptors per exited process; see raise_fd_limit().
+            self.probes.forget_process(pid);
+            self.runtimes.forget(&mut self.probes.bpf, pid);
+            self.alloc_code.forget(pid);
+            self.symbolizer.forget_process(pid);
+            if let Some(u) = self.unwinder.as_mut() {
+                u.forget_process(&mut self.probes.bpf, pid);
+            }
+            if let Some(p) = self.processes.get_mut(&pid) {
+                p.alive = false;
+                p.freed_at_exit = Some(held);
+            }
+            info!("pid {pid} exited; {} it still held were released with it", output::human_bytes(held));
+        }
+    }
+
+    pub(super) fn adopt(&mut self, pid: u32) {
+        let comm = target::procs::comm(pid).unwrap_or_default();
+        self.symbolizer.observe_process(pid);
+        // Tables first, so the first allocations the probes see unwind whole.
+        self.load_unwind(pid);
+        let n = self.probes.attach_process(pid);
+        if n == 0 && !self.config.sizes.rss {
+            warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
+        }
+        self.observe_runtimes(pid, true);
+        self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
+    }
+
+    /// Looks for runtimes (Python) in a process and attaches the probes they ask for.
+    pub(super) fn observe_runtimes(&mut self, pid: u32, fresh: bool) {
+        let probes = self.runtimes.observe(&mut self.probes.bpf, pid, fresh);
+        // Heaps found in it are counted by page from now on: not also as the mappings they are.
+        for &(start, end) in self.runtimes.found_heaps(pid) {
+            self.collector.mappings.unmap(pid, start, end - start);
+        }
+        self.attach_for_runtimes(&probes);
+    }
+
+    /// The probes runtimes asked for, and the page-fault tracepoint once one counts its heap's
+    /// pages.
+    pub(super) fn attach_for_runtimes(&mut self, probes: &[crate::runtime::RuntimeProbe]) {
+        self.probes.attach_runtime(probes);
+        if self.runtimes.heap_pages() {
+            self.probes.attach_page_faults();
+        }
+    }
+
+    /// `--unwind dwarf`: (re)loads the CFI tables and mapping list of a process.
+    pub(super) fn load_unwind(&mut self, pid: u32) {
+        if let Some(u) = self.unwinder.as_mut() {
+            u.load_process(&mut self.probes.bpf, pid);
+        }
+    }
+}
