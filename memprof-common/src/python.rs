@@ -90,6 +90,9 @@ pub struct PyProc {
     /// ordinary mappings (or made inside a probed allocator call).
     pub arena_start: u64,
     pub arena_end: u64,
+    /// `ARENA_SIZE`: only mappings of that length are arenas (the same allocator also maps
+    /// the threads' frame-stack chunks, 3.11+).
+    pub arena_len: u64,
 }
 
 /// Arenas are found by address in granules of `1 << PY_ARENA_GRANULE_SHIFT` bytes (256 KiB, the
@@ -116,10 +119,11 @@ pub struct PyArena {
 }
 
 impl PyArena {
-    /// Adds `[start, end)`, replacing a range it overlaps (an arena gone unseen) or the second.
+    /// Adds `[start, end)`: ranges it overlaps go (arenas gone unseen), then it takes the first
+    /// free slot, or the second.
     pub fn add(&mut self, start: u64, end: u64) {
-        let overlaps = |r: &[u64; 2]| r[0] < end && start < r[1];
-        let slot = if self.ranges[0][1] == 0 || overlaps(&self.ranges[0]) { 0 } else { 1 };
+        self.remove(start, end);
+        let slot = if self.ranges[0][1] == 0 { 0 } else { 1 };
         self.ranges[slot] = [start, end];
     }
 
@@ -170,7 +174,7 @@ pub const fn py_frame_detail_parts(detail: u64) -> (u32, u32, u32) {
     ((detail as u32) & (PY_MAX_UNITS - 1), (detail as u32) >> 24, (detail >> 32) as u32)
 }
 
-const _: () = assert!(core::mem::size_of::<PyProc>() == 104);
+const _: () = assert!(core::mem::size_of::<PyProc>() == 112);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -194,5 +198,22 @@ mod tests {
         // Different strings (16-byte aligned, nearby) get different tags.
         let tags: std::collections::HashSet<u32> = (0..256u64).map(|i| py_name_tag(0x7f12_3456_0000 + i * 16)).collect();
         assert_eq!(tags.len(), 256);
+    }
+
+    #[test]
+    fn arena_slots() {
+        let mut a = PyArena::default();
+        assert!(a.is_empty() && !a.contains(0x1000));
+        // The end of one arena and the start of the next share a granule.
+        a.add(0x1000, 0x2000);
+        a.add(0x2000, 0x3000);
+        assert!(a.contains(0x1fff) && a.contains(0x2000) && !a.contains(0x3000));
+        // A new arena where one went unseen replaces it, whichever slot it held.
+        a.add(0x2800, 0x3800);
+        assert_eq!(a.ranges, [[0x1000, 0x2000], [0x2800, 0x3800]]);
+        a.remove(0x1000, 0x2000);
+        a.add(0x2000, 0x2900);
+        assert_eq!(a.ranges, [[0x2000, 0x2900], [0, 0]]);
+        assert!(a.remove(0x2000, 0x2001) && a.is_empty());
     }
 }

@@ -86,7 +86,7 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
 /// With `--sample-bytes N`: whether this allocation is recorded (a per-thread countdown of
 /// exponentially distributed bytes; allocations of N bytes or more always are).
 #[inline(always)]
-fn sample(id: u64, size: u64) -> bool {
+pub(crate) fn sample(id: u64, size: u64) -> bool {
     let mean = sample_bytes();
     if mean == 0 || size >= mean {
         return true;

@@ -13,6 +13,7 @@ use crate::{
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let id = current();
     if in_scope(id) {
+        crate::runtime::exec((id >> 32) as u32);
         emit(event(MemEventKind::Exec, (id >> 32) as u32));
     }
     0

@@ -25,6 +25,8 @@ use crate::{
 };
 
 const PAGE: u64 = 4096;
+/// Page-fault error code: the page was present (a protection fault).
+const X86_PF_PROT: u64 = 1;
 const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
@@ -45,9 +47,18 @@ fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let address: u64 = unsafe { ctx.read_at(8) }.map_err(|e| e as i64)?;
     let tgid = (id >> 32) as u32;
-    // Allocation mode: only the pages of runtime heaps counted by touch (Python's arenas in
-    // optimised builds).
-    if !rss_mode() && !crate::runtime::heap_page(tgid, address) {
+    if !rss_mode() {
+        // Allocation mode: only the pages of runtime heaps counted by touch (Python's arenas
+        // in optimised builds), and only pages new to the process: a fault on a present page
+        // (copy-on-write after fork, a write after a read mapped the zero page) is not memory
+        // the heap asked for.
+        let error_code: u64 = unsafe { ctx.read_at(24) }.map_err(|e| e as i64)?;
+        if error_code & X86_PF_PROT != 0 || !crate::runtime::heap_page(tgid, address) {
+            return Ok(());
+        }
+    }
+    // `--sample-bytes`: pages are sampled like allocations (their weights assume it).
+    if !crate::alloc::sample(id, PAGE) {
         return Ok(());
     }
     let page = address & !(PAGE - 1);

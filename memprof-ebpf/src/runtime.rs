@@ -149,6 +149,13 @@ pub fn heap_unmapped(tgid: u32, addr: u64, len: u64) -> bool {
     crate::python::arenas::unmapped(tgid, addr, len)
 }
 
+/// `tgid` replaced its image (execve): runtime state of the old one goes.
+#[inline(always)]
+pub fn exec(tgid: u32) {
+    let _ = PROC_RUNTIMES.remove(&tgid);
+    crate::python::exec(tgid);
+}
+
 /// The native walk stopped (`complete`: at the outermost frame).
 #[inline(always)]
 pub fn end(w: &mut Walk, complete: bool) {

@@ -199,6 +199,10 @@ pub struct RuntimesInfo {
     pub python_walk_failed: BTreeMap<String, u64>,
     /// Runtime frames recorded but not named (the code object could not be read), by reason.
     pub unnamed_frames: BTreeMap<String, u64>,
+    /// pymalloc arenas counted page by page (`python_arenas_paged`), and those that could not be
+    /// (the kernel's arena map was full: counted as one mapping each).
+    pub python_arenas_paged: u64,
+    pub python_arenas_unregistered: u64,
 }
 
 impl RuntimesInfo {
@@ -221,6 +225,12 @@ impl RuntimesInfo {
         let failed: u64 = self.python_walk_failed.values().sum();
         if failed > 0 {
             line.push_str(&format!("; {failed} Python walks failed (native frames kept)"));
+        }
+        if self.python_arenas_unregistered > 0 {
+            line.push_str(&format!(
+                "; {} pymalloc arenas counted whole, under the code that needed them (arena map full)",
+                self.python_arenas_unregistered
+            ));
         }
         for p in self.processes.iter().filter(|p| p.frames != "walked").take(3) {
             line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));

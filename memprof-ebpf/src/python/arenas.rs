@@ -34,7 +34,7 @@ fn key(tgid: u32, granule: u64) -> PyArenaKey {
 #[inline(always)]
 pub fn mapped(tgid: u32, addr: u64, len: u64, stack_top: &[u64; STACK_TOP_WORDS]) -> bool {
     let Some(p) = (unsafe { PY_PROCS.get(&tgid) }) else { return false };
-    if p.arena_end == 0 || len == 0 {
+    if p.arena_end == 0 || len == 0 || len != p.arena_len {
         return false;
     }
     let mut from_arena_allocator = false;
@@ -79,12 +79,12 @@ pub fn mapped(tgid: u32, addr: u64, len: u64, stack_top: &[u64; STACK_TOP_WORDS]
     true
 }
 
-/// Whether `addr` of `tgid` lies in a registered arena.
+/// Whether `addr` of `tgid` lies in a registered arena (of the process's current image).
 #[inline(always)]
 pub fn contains(tgid: u32, addr: u64) -> bool {
     match unsafe { PY_ARENAS.get(&key(tgid, addr >> PY_ARENA_GRANULE_SHIFT)) } {
-        Some(a) => a.contains(addr),
-        None => false,
+        Some(a) if a.contains(addr) => unsafe { PY_PROCS.get(&tgid) }.is_some_and(|p| p.arena_end != 0),
+        _ => false,
     }
 }
 

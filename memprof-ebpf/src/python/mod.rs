@@ -45,6 +45,13 @@ use crate::{
 #[map]
 pub static PY_PROCS: HashMap<u32, PyProc> = HashMap::with_max_entries(1 << 12, BPF_F_NO_PREALLOC);
 
+/// A process replaced its image: what was known of its interpreter is void (userspace looks
+/// again); until then nothing of the old image is walked or counted.
+#[inline(always)]
+pub fn exec(tgid: u32) {
+    let _ = PY_PROCS.remove(&tgid);
+}
+
 /// The walking process's `PyProc`, copied once per stack (cheaper than a hash lookup per frame).
 #[map]
 static PY_CUR: PerCpuArray<PyProc> = PerCpuArray::with_max_entries(1, 0);

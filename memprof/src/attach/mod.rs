@@ -236,10 +236,10 @@ impl Probes {
 
     /// Attaches the page-fault tracepoint in allocation mode, once: a runtime counts its heap's
     /// pages as they are first touched (Python's arenas in optimised builds). Only then, so
-    /// that the other processes of the host do not pay for it.
-    pub fn attach_page_faults(&mut self) {
+    /// that the other processes of the host do not pay for it. True when it is attached.
+    pub fn attach_page_faults(&mut self) -> bool {
         if self.page_faults != PageFaults::No {
-            return;
+            return self.page_faults == PageFaults::Attached;
         }
         let result = program::<TracePoint>(&mut self.bpf, "page_fault_user").map_err(|e| e.to_string()).and_then(|p| {
             p.load().map_err(|e| e.to_string())?;
@@ -249,11 +249,13 @@ impl Probes {
             Ok(()) => {
                 info!("page faults followed (pymalloc arenas counted by the pages their objects fill)");
                 self.page_faults = PageFaults::Attached;
+                true
             }
             Err(err) => {
-                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}");
+                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}; Python arenas counted whole");
                 self.optional_failures.push("exceptions:page_fault_user".into());
                 self.page_faults = PageFaults::Failed;
+                false
             }
         }
     }

@@ -126,6 +126,8 @@ impl Session {
                 .map(|(k, c)| (k.to_string(), counters.get(&c).copied().unwrap_or(0)))
                 .collect(),
                 unnamed_frames: self.runtimes.unresolved(),
+                python_arenas_paged: counters.get(&Counter::PyArenas).copied().unwrap_or(0),
+                python_arenas_unregistered: counters.get(&Counter::PyArenasUnregistered).copied().unwrap_or(0),
             },
             functions,
         };

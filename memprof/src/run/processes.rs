@@ -70,19 +70,20 @@ impl Session {
     /// Looks for runtimes (Python) in a process and attaches the probes they ask for.
     pub(super) fn observe_runtimes(&mut self, pid: u32, fresh: bool) {
         let probes = self.runtimes.observe(&mut self.probes.bpf, pid, fresh);
-        // Heaps found in it are counted by page from now on: not also as the mappings they are.
-        for &(start, end) in self.runtimes.found_heaps(pid) {
-            self.collector.mappings.unmap(pid, start, end - start);
-        }
         self.attach_for_runtimes(&probes);
     }
 
-    /// The probes runtimes asked for, and the page-fault tracepoint once one counts its heap's
-    /// pages.
+    /// What runtimes asked for once processes were observed: their probes, the page-fault
+    /// tracepoint once one counts its heap's pages (if it cannot be attached, heaps are counted
+    /// as mappings again), and heaps found in them, counted by page from now on: not also as
+    /// the mappings recorded for them before.
     pub(super) fn attach_for_runtimes(&mut self, probes: &[crate::runtime::RuntimeProbe]) {
         self.probes.attach_runtime(probes);
-        if self.runtimes.heap_pages() {
-            self.probes.attach_page_faults();
+        if self.runtimes.heap_pages() && !self.probes.attach_page_faults() {
+            self.runtimes.no_heap_pages(&mut self.probes.bpf);
+        }
+        for (pid, start, end) in self.runtimes.take_found_heaps() {
+            self.collector.mappings.unmap(pid, start, end - start);
         }
     }
 

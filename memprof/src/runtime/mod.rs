@@ -209,10 +209,19 @@ impl Runtimes {
         }
     }
 
-    /// Heap ranges of `pid` whose pages are counted as touched since it was observed, found
-    /// there then (a mapping recorded for them before must go: its bytes are counted by page).
-    pub fn found_heaps(&self, pid: u32) -> &[(u64, u64)] {
-        self.python.found_arenas(pid)
+    /// Heap ranges (pid, start, end) found in processes observed since the last call, whose
+    /// pages are counted as touched from then on (a mapping recorded for one before must go:
+    /// its bytes are counted by page).
+    pub fn take_found_heaps(&mut self) -> Vec<(u32, u64, u64)> {
+        self.python.take_found_arenas()
+    }
+
+    /// Page faults cannot be followed: heaps are counted as mappings again.
+    pub fn no_heap_pages(&mut self, bpf: &mut Ebpf) {
+        self.python.no_heap_pages(bpf);
+        for s in self.status.values_mut() {
+            s.heap_pages = false;
+        }
     }
 
     /// Whether a mapping `[addr, addr+len)` of `pid` is a heap whose pages are counted (a

@@ -70,25 +70,36 @@ pub fn pool_header(b: &[u8], pool: u64, g: Geometry) -> Option<u32> {
     sane.then_some(arenaindex)
 }
 
-/// The arenas found in `entries` (anonymous, private, read-write mappings), each as the range
-/// of its pools `[first pool, first pool + ARENA_SIZE - POOL_SIZE)` (the arena's own start may
-/// lie up to a pool before its first pool; its last pool is left out where it may not be its).
-pub fn existing(mem: &ProcMem, entries: &[MapEntry], g: Geometry) -> Vec<(u64, u64)> {
+/// The arenas found in `entries` of `pid` (anonymous, private, read-write mappings), each as
+/// the range of its pools: `[first pool, first pool + ARENA_SIZE)` where pools are pages (3.9:
+/// the arena starts with its first pool), else `[first pool, first pool + ARENA_SIZE -
+/// POOL_SIZE)` (the arena may start up to a pool before its first pool, and then has one pool
+/// less), within the mapping. Only pages already present are read (`/proc/PID/pagemap`): reading
+/// one never touched would map the zero page there, and the process's first write to it would
+/// no longer be a first touch.
+pub fn existing(mem: &ProcMem, pid: u32, entries: &[MapEntry], g: Geometry) -> Vec<(u64, u64)> {
+    let Ok(pagemap) = std::fs::File::open(format!("/proc/{pid}/pagemap")) else { return Vec::new() };
+    let present = |addr: u64| {
+        let mut b = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&pagemap, &mut b, (addr / 4096) * 8)
+            .is_ok_and(|_| u64::from_le_bytes(b) & (1 << 63) != 0)
+    };
+    let span = if g.pool == 4096 { g.arena } else { g.arena - g.pool };
     let mut out = Vec::new();
     let mut reads = 0usize;
     let mut buf = [0u8; HEADER];
     for e in entries.iter().filter(|e| e.path.is_none() && e.perms == *b"rw-p") {
-        // (arena index, first pool, previous pool seen)
+        // (arena index, first pool)
         let mut run: Option<(u32, u64)> = None;
         let mut pool = e.start.div_ceil(g.pool) * g.pool;
         while pool + g.pool <= e.end && reads < MAX_READS {
             reads += 1;
-            let found = mem.read(pool, &mut buf).ok().and_then(|_| pool_header(&buf, pool, g));
+            let found = (present(pool) && mem.read(pool, &mut buf).is_ok()).then(|| pool_header(&buf, pool, g)).flatten();
             match (found, run) {
                 (Some(i), Some((j, first))) if i == j && pool - first < g.arena => {}
                 (Some(i), _) => {
                     if let Some((_, first)) = run.take() {
-                        out.push((first, first + g.arena - g.pool));
+                        out.push((first, (first + span).min(e.end)));
                     }
                     run = Some((i, pool));
                 }
@@ -97,10 +108,16 @@ pub fn existing(mem: &ProcMem, entries: &[MapEntry], g: Geometry) -> Vec<(u64, u
             pool += g.pool;
         }
         if let Some((_, first)) = run {
-            out.push((first, first + g.arena - g.pool));
+            out.push((first, (first + span).min(e.end)));
         }
     }
     out
+}
+
+/// Whether the arena found at `first` (its first pool) is still there.
+pub fn still_pool(mem: &ProcMem, first: u64, g: Geometry) -> bool {
+    let mut buf = [0u8; HEADER];
+    mem.read(first, &mut buf).is_ok() && pool_header(&buf, first, g).is_some()
 }
 
 /// The `PY_ARENAS` entries for `arenas` of `tgid`, merged with what the map already holds

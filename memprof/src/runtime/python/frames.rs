@@ -53,6 +53,19 @@ impl PyProcess {
         self.found.proc.arena_end != 0
     }
 
+    /// Its arenas are counted whole again (page faults cannot be followed).
+    pub fn drop_heap_pages(&mut self) {
+        self.found.proc.arena_start = 0;
+        self.found.proc.arena_end = 0;
+        self.found.proc.arena_len = 0;
+        self.observed.2.heap_pages = false;
+    }
+
+    /// What the kernel-side walker holds for it.
+    pub fn proc(&self) -> memprof_common::python::PyProc {
+        self.found.proc
+    }
+
     /// The earlier observation, if the process still maps the same interpreter file at the same
     /// address.
     pub fn still_walked(&self, entries: &[MapEntry]) -> Option<Observed> {
@@ -81,7 +94,10 @@ impl PyProcess {
     /// The frame naming an arena stack (`stack` leaf first: the mmap wrapper, its caller...).
     pub fn arena_frame(&self, stack: &[u64]) -> Option<Frame> {
         let (start, end) = self.found.arena_alloc?;
-        if !matches!(self.found.allocator, super::pymalloc::ObjectAllocator::NotProbed(_)) {
+        // Counted page by page, arenas never reach here as mappings (but for those the kernel
+        // could not register, counted in `python_arenas_unregistered`); the same allocator's
+        // other mappings (threads' frame-stack chunks) are not objects.
+        if self.heap_pages() || !matches!(self.found.allocator, super::pymalloc::ObjectAllocator::NotProbed(_)) {
             return None;
         }
         let caller = stack.get(1)?.wrapping_sub(1);

@@ -38,8 +38,10 @@ pub struct Python {
     /// Frames named from processes that exited meanwhile, by (interpreter object, code address,
     /// co_firstlineno): a forked worker's code objects were read in its parent or a sibling.
     shared: frames::SharedCodes,
-    /// Arenas found in each process when it was observed (see `arenas.rs`).
-    found_arenas: HashMap<u32, Vec<(u64, u64)>>,
+    /// Arenas found in processes as they were observed, not yet taken (see `arenas.rs`).
+    found_arenas: Vec<(u32, u64, u64)>,
+    /// Page faults cannot be followed: arenas are not counted page by page.
+    no_heap_pages: bool,
 }
 
 impl Python {
@@ -81,11 +83,16 @@ impl Python {
                 if !self.objects && matches!(found.allocator, ObjectAllocator::Probe(_)) {
                     found.allocator = ObjectAllocator::NotProbed("--no-python-objects".into());
                 }
-                // Objects not tracked one by one: their arenas are counted page by page.
-                let heap_pages = matches!(found.allocator, ObjectAllocator::NotProbed(_)) && found.arena_alloc.is_some();
+                // Objects not tracked one by one: their arenas are counted page by page (unless
+                // page faults cannot be followed).
+                let heap_pages = !self.no_heap_pages
+                    && matches!(found.allocator, ObjectAllocator::NotProbed(_))
+                    && found.arena_alloc.is_some();
+                let geometry = arenas::geometry(found.layout.minor);
                 if let (true, Some((start, end))) = (heap_pages, found.arena_alloc) {
                     found.proc.arena_start = start;
                     found.proc.arena_end = end;
+                    found.proc.arena_len = geometry.arena;
                 }
                 if fresh && self.procs.get(&pid).is_some_and(|p| p.heap_pages()) {
                     // A new image: the old one's arenas went with it.
@@ -105,13 +112,17 @@ impl Python {
                 }
                 let mut details = BTreeMap::new();
                 if heap_pages {
-                    let g = arenas::geometry(found.layout.minor);
-                    let existing = arenas::existing(&crate::runtime::mem::ProcMem::new(pid), &entries, g);
+                    let mem = crate::runtime::mem::ProcMem::new(pid);
+                    let existing = arenas::existing(&mem, pid, &entries, geometry);
                     let n = register_arenas(bpf, pid, &existing);
+                    // One that went meanwhile must not stay registered (a later mapping there
+                    // would be taken for it).
+                    let gone: Vec<(u64, u64)> = existing.iter().copied().filter(|&(s, _)| !arenas::still_pool(&mem, s, geometry)).collect();
+                    if !gone.is_empty() {
+                        unregister_arenas(bpf, pid, &gone);
+                    }
                     details.insert("small_objects".into(), format!("by the arena pages they first touch ({n} arenas already there)"));
-                    self.found_arenas.insert(pid, existing);
-                } else {
-                    self.found_arenas.remove(&pid);
+                    self.found_arenas.extend(existing.into_iter().filter(|r| !gone.contains(r)).map(|(s, e)| (pid, s, e)));
                 }
                 let probes = match &found.allocator {
                     ObjectAllocator::Probe(fns) => {
@@ -166,7 +177,7 @@ impl Python {
         if let Some(Ok(mut m)) = bpf.map_mut("PY_PROCS").map(BpfHashMap::<_, u32, PyProc>::try_from) {
             let _ = m.remove(&pid);
         }
-        if self.procs.get(&pid).is_some_and(|p| p.alive && p.heap_pages()) {
+        if self.procs.get(&pid).is_some_and(|p| p.heap_pages()) {
             forget_arenas(bpf, pid);
         }
         if let Some(p) = self.procs.get_mut(&pid) {
@@ -174,9 +185,22 @@ impl Python {
         }
     }
 
-    /// The arenas found in `pid` when it was observed (counted page by page from then on).
-    pub fn found_arenas(&self, pid: u32) -> &[(u64, u64)] {
-        self.found_arenas.get(&pid).map_or(&[], Vec::as_slice)
+    /// The arenas found in processes as they were observed since the last call, (pid, start,
+    /// end): counted page by page from then on.
+    pub fn take_found_arenas(&mut self) -> Vec<(u32, u64, u64)> {
+        std::mem::take(&mut self.found_arenas)
+    }
+
+    /// Page faults cannot be followed: arenas are counted whole again (as mappings, under the
+    /// arena frame), in every process.
+    pub fn no_heap_pages(&mut self, bpf: &mut Ebpf) {
+        self.no_heap_pages = true;
+        self.found_arenas.clear();
+        for (&pid, p) in self.procs.iter_mut().filter(|(_, p)| p.alive && p.heap_pages()) {
+            p.drop_heap_pages();
+            let _ = load_proc(bpf, pid, &p.proc());
+            forget_arenas(bpf, pid);
+        }
     }
 
     /// Whether `[addr, addr+len)` of `pid` overlaps an arena the kernel counts page by page
@@ -241,6 +265,22 @@ fn register_arenas(bpf: &mut Ebpf, pid: u32, found: &[(u64, u64)]) -> usize {
         log::warn!("pid {pid}: {failed} arena granules not registered (map full): their pages are not counted");
     }
     found.len()
+}
+
+/// Takes back arenas registered for `pid`.
+fn unregister_arenas(bpf: &mut Ebpf, pid: u32, gone: &[(u64, u64)]) {
+    let Some(Ok(mut m)) = bpf.map_mut("PY_ARENAS").map(BpfHashMap::<_, PyArenaKey, PyArena>::try_from) else {
+        return;
+    };
+    for &(start, end) in gone {
+        for granule in (start >> PY_ARENA_GRANULE_SHIFT)..=((end - 1) >> PY_ARENA_GRANULE_SHIFT) {
+            let k = PyArenaKey { tgid: pid, _pad: 0, granule };
+            if let Ok(mut v) = m.get(&k, 0) {
+                v.remove(start, end);
+                let _ = if v.is_empty() { m.remove(&k) } else { m.insert(k, v, 0) };
+            }
+        }
+    }
 }
 
 fn load_proc(bpf: &mut Ebpf, pid: u32, proc: &PyProc) -> Result<(), String> {

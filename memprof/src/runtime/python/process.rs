@@ -204,6 +204,7 @@ pub fn inspect(pid: u32, entries: &[MapEntry], cache: &mut ElfCache) -> Inspecti
         code_mask: layout.code_mask,
         arena_start: 0,
         arena_end: 0,
+        arena_len: 0,
     };
     let ranges = elf.eval.iter().map(|&(s, e)| (s.wrapping_add(bias), e.wrapping_add(bias))).collect();
     let allocator = object_allocator(&elf, bias, &mem);
