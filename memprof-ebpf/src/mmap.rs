@@ -115,11 +115,12 @@ fn user_sp() -> Option<u64> {
     }
 }
 
-/// The word at the user stack pointer: in a frameless syscall wrapper, its return address.
+/// The first word near the user stack pointer that a call instruction precedes: in a frameless
+/// syscall wrapper (or a frameless function faulting), its return address. Userspace vets it.
 #[inline(always)]
 pub fn leaf_return_address() -> u64 {
     match user_sp() {
-        Some(sp) => unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
+        Some(sp) => crate::unwind::return_address_near(sp).map_or(0, |(_, ra)| ra),
         None => 0,
     }
 }

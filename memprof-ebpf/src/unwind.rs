@@ -234,6 +234,51 @@ fn read(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// Words of the user stack searched for a frameless leaf's return address.
+pub const LEAF_SCAN_WORDS: usize = 8;
+
+/// Whether a call instruction ends just before `ra`: `call rel32` (`E8`), `call *%reg`
+/// (`[REX] FF D0+r`) or `call *disp32(%rip)` (`FF 15`) — the forms that reach a C library's
+/// syscall wrapper. Stricter than userspace's check: this one picks among stack words.
+#[inline(always)]
+fn call_precedes(ra: u64) -> bool {
+    if ra < 4096 || ra >= USER_ADDR_LIMIT {
+        return false;
+    }
+    let Ok(b) = (unsafe { bpf_probe_read_user((ra - 8) as *const [u8; 8]) }) else { return false };
+    b[3] == 0xE8 || (b[6] == 0xFF && b[7] & 0xF8 == 0xD0) || (b[2] == 0xFF && b[3] == 0x15)
+}
+
+/// The first of the [`LEAF_SCAN_WORDS`] words from `sp` up that a call instruction precedes:
+/// (its address, the word). In a frameless function without CFI (a static musl binary's `mmap`
+/// or `memset`), that is its return address, whatever it pushed before.
+#[inline(always)]
+pub fn return_address_near(sp: u64) -> Option<(u64, u64)> {
+    let words = unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_SCAN_WORDS]) }.ok()?;
+    let mut i = 0;
+    while i < LEAF_SCAN_WORDS {
+        if call_precedes(words[i]) {
+            return Some((sp + 8 * i as u64, words[i]));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The leaf frame has no CFI and its frame pointer would skip its caller: the return address
+/// found near the stack pointer, when it lies below the frame pointer's and returns into code
+/// with CFI (the program's own, whose walk then goes on exactly). (slot, return address).
+#[inline(always)]
+fn leaf_caller(w: &Walk, sp: u64, bp: u64) -> Option<(u64, u64)> {
+    let (slot, ra) = return_address_near(sp)?;
+    let fp_usable = bp != 0 && bp >= sp && bp & 7 == 0;
+    if fp_usable && slot >= bp.wrapping_add(8) {
+        return None;
+    }
+    let row = cached_row(w.tgid, w.generation, ra - 1);
+    (row.cfa_kind != CFA_NONE).then_some((slot, ra))
+}
+
 /// The walk's state, shared with the per-frame callback of `bpf_loop` (a loop the verifier
 /// checks once, not once per frame) and with the runtime walkers.
 #[repr(C)]
@@ -360,6 +405,20 @@ fn step_frame(w: &mut Walk) -> bool {
     } else {
         cached_row(w.tgid, w.generation, lookup)
     };
+    if w.steps == 1 && row.cfa_kind == CFA_NONE && w.generation != 0 {
+        // A syscall or page fault in a frameless function without CFI (musl's wrappers): the
+        // frame pointer still holds the caller's caller's frame, so the caller is found on the
+        // stack instead.
+        if let Some((slot, ra)) = leaf_caller(w, sp, bp) {
+            if !runtime::at_frame(w, st, lookup, sp, slot + 8) && !push(w, st, pc) {
+                return false;
+            }
+            w.flags |= STACK_USED_FP;
+            w.sp = slot + 8;
+            w.pc = ra;
+            return true;
+        }
+    }
     // This frame's CFA, or how the walk ends at this frame.
     let (cfa, end) = match row.cfa_kind {
         CFA_RSP => (sp.wrapping_add(row.cfa_offset as i64 as u64), 0),

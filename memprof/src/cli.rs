@@ -98,15 +98,32 @@ pub fn usage_error(err: clap::Error) -> std::process::ExitCode {
         let _ = err.print();
         return std::process::ExitCode::SUCCESS;
     }
-    let text = err.render().to_string();
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ")
-        .trim();
+    let line = match err.kind() {
+        ErrorKind::MissingRequiredArgument if err.to_string().contains("--cgroup") => {
+            "no target: name one with --cgroup PATH|NAME or --pid PID".to_string()
+        }
+        _ => one_line(&err.render().to_string()),
+    };
     eprintln!("memprof: error: {line} (see --help)");
     std::process::ExitCode::from(crate::run::EXIT_INPUT)
+}
+
+/// clap's message up to its usage lines, as one line: "the following required arguments were
+/// not provided:" goes with the arguments on the lines after it.
+fn one_line(text: &str) -> String {
+    let words: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = words.join(" ");
+    let line = line.trim_start_matches("error: ").trim().to_string();
+    if line.is_empty() {
+        "invalid arguments".into()
+    } else {
+        line
+    }
 }
 
 /// `--mode`.

@@ -98,6 +98,98 @@ pub struct MemoryInfo {
     pub cgroup_limit_bytes: Option<u64>,
     /// Where the figures came from (`cgroup v2 memory.current`, `cgroup v1 memory`, ...).
     pub source: String,
+    /// The processes' resident memory that is anonymous (`RssAnon`: heap, anonymous mappings,
+    /// stacks): what tracked bytes are part of.
+    pub rss_anon_bytes: Option<u64>,
+    /// The processes' resident memory backed by files or shared memory (`RssFile` + `RssShmem`:
+    /// executables, libraries, mapped files), which memprof does not track.
+    pub rss_file_bytes: Option<u64>,
+    /// The cgroup's anonymous memory (`memory.stat` `anon`, v1 `total_rss`).
+    pub cgroup_anon_bytes: Option<u64>,
+    /// The cgroup's page cache (`memory.stat` `file`, v1 `total_cache`).
+    pub cgroup_file_bytes: Option<u64>,
+    /// Set when the memory cgroup also holds processes outside the target (a hybrid host's
+    /// shared v1 cgroup, a pod-level cgroup, `--pid` in a bigger container): its usage, limit
+    /// and time-to-OOM are then not the target's own.
+    pub shared: Option<SharedMemory>,
+}
+
+/// A memory cgroup that holds more than the target.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SharedMemory {
+    /// Processes in it (or its descendants) that are not the target's.
+    pub other_processes: u64,
+    /// The memory cgroup's directory.
+    pub cgroup: String,
+}
+
+impl MemoryInfo {
+    /// "shared with N other processes", when the cgroup is.
+    pub fn shared_words(&self) -> Option<String> {
+        let s = self.shared.as_ref()?;
+        Some(format!(
+            "shared with {} other process{}: not the target's own usage",
+            s.other_processes,
+            if s.other_processes == 1 { "" } else { "es" }
+        ))
+    }
+
+    /// Sentences reconciling tracked bytes, RSS and cgroup usage, for the terminal and report.
+    pub fn explain(&self) -> Vec<String> {
+        use crate::output::human_bytes as hb;
+        let mut lines = Vec::new();
+        let t = self.tracked_bytes;
+        if let Some(anon) = self.rss_anon_bytes.filter(|&a| a > 0) {
+            lines.push(if t <= anon {
+                format!(
+                    "memprof tracks {} = {:.0}% of the processes' anonymous resident memory ({}); the rest \
+                     was not handed out by a tracked call: allocator free lists and metadata, thread \
+                     stacks, memory allocated before memprof attached",
+                    hb(t),
+                    t as f64 / anon as f64 * 100.0,
+                    hb(anon)
+                )
+            } else {
+                format!(
+                    "memprof tracks {}, {} more than the processes' anonymous resident memory ({}): \
+                     memory counts when allocated (or committed), before its pages are touched; \
+                     untouched and swapped-out pages are tracked but not resident",
+                    hb(t),
+                    hb(t - anon),
+                    hb(anon)
+                )
+            });
+        }
+        if let (Some(rss), Some(anon), Some(file)) = (self.rss_bytes, self.rss_anon_bytes, self.rss_file_bytes) {
+            lines.push(format!(
+                "RSS {} = {} anonymous + {} file-backed and shared (executables, libraries, mapped \
+                 files: not tracked)",
+                hb(rss),
+                hb(anon),
+                hb(file)
+            ));
+        }
+        if let Some(usage) = self.cgroup_usage_bytes {
+            let mut line = match (self.cgroup_anon_bytes, self.cgroup_file_bytes) {
+                (Some(a), Some(f)) => format!(
+                    "cgroup usage {} = {} anonymous + {} page cache + {} kernel and other",
+                    hb(usage),
+                    hb(a),
+                    hb(f),
+                    hb(usage.saturating_sub(a + f))
+                ),
+                _ => format!("cgroup usage {}", hb(usage)),
+            };
+            match (&self.shared, self.shared_words()) {
+                (Some(s), Some(words)) => {
+                    line = format!("{line}; the memory cgroup {} is {words}", s.cgroup)
+                }
+                _ => line.push_str(" (the target's own memory cgroup)"),
+            }
+            lines.push(line);
+        }
+        lines
+    }
 }
 
 /// Evidence captured when the kernel OOM-killed a process of the target.

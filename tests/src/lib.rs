@@ -41,6 +41,10 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 pub mod container;
 pub mod python;
+pub mod dom;
+pub mod memory_cgroup;
+pub use dom::{rendered_dom, tempdir};
+pub use memory_cgroup::MemoryCgroup;
 
 /// How long memprof may take to attach its probes.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -278,7 +282,10 @@ fn fixture_source(name: &str) -> (PathBuf, Lang) {
 /// Runs `compiler flags src -o out` (through a temporary file renamed into place, so that a
 /// concurrent reader never sees half a binary).
 fn compile(lang: Lang, flags: &[String], src: &Path, out: &Path) -> Result<()> {
-    let cc = lang.compiler();
+    compile_with(lang.compiler(), flags, src, out)
+}
+
+fn compile_with(cc: &str, flags: &[String], src: &Path, out: &Path) -> Result<()> {
     let tmp = tmp_sibling(out);
     let output = Command::new(cc)
         .args(flags)
@@ -450,6 +457,23 @@ pub fn stripped_copy(bin: &Path, out_name: &str) -> PathBuf {
             );
         }
         fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+        Ok(out)
+    })
+}
+
+/// C fixture `name` built static with musl (`musl-gcc -static`, the usual flags), as
+/// `target/fixtures/<name>-musl`: the C library inside the executable, without CFI.
+pub fn musl_fixture(name: &str) -> PathBuf {
+    let (src, lang) = fixture_source(name);
+    assert!(lang == Lang::C, "musl fixtures are C");
+    let mut flags: Vec<String> = FIXTURE_CFLAGS.iter().map(|f| f.to_string()).collect();
+    flags.push("-static".into());
+    let out_name = format!("{name}-musl");
+    let recipe = format!("musl-gcc {}", flags.join(" "));
+    cached_build(&out_name, &recipe, || {
+        let out = fixtures_out_dir()?.join(&out_name);
+        compile_with("musl-gcc", &flags, &src, &out)
+            .context("musl-gcc (Debian's musl-tools; `cargo xtask setup` installs it)")?;
         Ok(out)
     })
 }

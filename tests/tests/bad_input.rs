@@ -51,6 +51,24 @@ fn unknown_pid() {
 }
 
 #[test]
+fn no_target() {
+    require_root();
+    let done = run_memprof(&["--duration", "1s"], TIMEOUT);
+    assert_usage_error(&done, "no target");
+    for arg in ["--cgroup", "--pid"] {
+        assert!(done.stderr.contains(arg), "the message should name {arg}: {}", done.stderr);
+    }
+}
+
+#[test]
+fn missing_option_value_named() {
+    require_root();
+    let done = run_memprof(&["--pid"], TIMEOUT);
+    assert_usage_error(&done, "--pid without a value");
+    assert!(done.stderr.contains("--pid"), "the message should name --pid: {}", done.stderr);
+}
+
+#[test]
 fn bad_duration() {
     require_root();
     let fx = waiting_fixture();

@@ -607,3 +607,35 @@ fn stripped_binary_gives_module_offsets() {
     );
     drop(fx);
 }
+
+/// A static musl binary: its C library has no CFI, and its `mmap` wrapper is frameless, so the
+/// frame pointer at the syscall skips the wrapper's caller. The caller (the program's own
+/// `arena_reserve`) is recovered from the stack, in both unwind modes, with exact bytes.
+#[test]
+fn frameless_syscall_wrapper_keeps_its_caller() {
+    require_root();
+    let bin = musl_fixture("reserve");
+    assert!(sets_up_frame_pointer(&bin, "arena_reserve"), "arena_reserve should keep %rbp");
+    for unwind in ["dwarf", "fp"] {
+        let cg = TestCgroup::new();
+        let mut fx = Fixture::start_path(&bin, &[], Some(&cg));
+        let label = format!("musl-reserve-{unwind}");
+        let args = ["--cgroup".to_string(), cg.name(), "--unwind".into(), unwind.into()];
+        let p = profile_fixture(&mut fx, &args, &label);
+        assert_accurate(&format!("static musl reserve.c, --unwind {unwind}"), &p.truth, &p.summary);
+        for s in stacks_with(&p.summary, "arena_reserve") {
+            let f = frames(s);
+            let (worker, site) = (position(&f, "worker"), position(&f, "arena_reserve"));
+            assert!(
+                matches!((worker, site), (Some(w), Some(a)) if w + 1 == a && a + 1 < f.len()),
+                "--unwind {unwind}: expected … → worker → arena_reserve → (the mmap wrapper), got {}",
+                f.join(" → ")
+            );
+        }
+        report(&format!(
+            "musl reserve.c --unwind {unwind}: arena_reserve {} B of {} B\n",
+            site_bytes(&p.summary, "arena_reserve"),
+            p.truth.sites["arena_reserve"]
+        ));
+    }
+}

@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use log::warn;
-use memprof_common::{unwind::{UnwoundStack, STACK_TRUNCATED}, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
+use memprof_common::{unwind::{UnwoundStack, STACK_TRUNCATED, STACK_USED_FP}, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
 
 use mappings::{MappingOrigin, Mappings};
 
@@ -142,7 +142,10 @@ impl Collector {
                     notices.push(Notice::Mapped(ev.tgid));
                     let st = self.stack(bpf, stack_id);
                     let mut ips = st.ips;
-                    if ev.leaf_ret != 0 && !ips.is_empty() && ips.get(1) != Some(&ev.leaf_ret) {
+                    // The wrapper's caller, where a frame-pointer walk may have skipped it (a CFI
+                    // walk without frame pointers used has every frame).
+                    let fp_walked = st.flags.is_none_or(|f| f & STACK_USED_FP != 0);
+                    if fp_walked && ev.leaf_ret != 0 && !ips.is_empty() && ips.get(1) != Some(&ev.leaf_ret) {
                         ips.insert(1, ev.leaf_ret);
                     }
                     let complete = st.flags.is_none_or(|f| f & STACK_TRUNCATED == 0);

@@ -436,17 +436,25 @@ fn frames_cell(page: &mut String, frames: &[String]) {
 
 fn memory_section(page: &mut String, report: &Report) {
     let m = &report.memory;
+    let shared = m.shared.is_some();
     let rows = [
         ("tracked by memprof", Some(m.tracked_bytes)),
         ("RSS of the processes", m.rss_bytes),
-        ("cgroup usage", m.cgroup_usage_bytes),
-        ("cgroup limit", m.cgroup_limit_bytes),
+        (if shared { "cgroup usage (shared)" } else { "cgroup usage" }, m.cgroup_usage_bytes),
+        (if shared { "cgroup limit (shared)" } else { "cgroup limit" }, m.cgroup_limit_bytes),
     ];
-    let scale = rows.iter().filter_map(|r| r.1).max().unwrap_or(0).max(1) as f64;
+    // A shared cgroup's figures are not the target's: the bars are scaled to the target's own.
+    let scale = rows
+        .iter()
+        .take(if shared { 2 } else { 4 })
+        .filter_map(|r| r.1)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     page.push_str("<section id=\"memory\"><h2>Memory</h2>\n<table class=\"memory\"><tbody>\n");
     for (i, (name, value)) in rows.iter().enumerate() {
         let (text, width) = match value {
-            Some(v) => (human_bytes(*v), *v as f64 / scale * 100.0),
+            Some(v) => (human_bytes(*v), (*v as f64 / scale * 100.0).min(100.0)),
             None if i == 3 => ("no limit".into(), 0.0),
             None => ("unknown".into(), 0.0),
         };
@@ -467,6 +475,22 @@ fn memory_section(page: &mut String, report: &Report) {
         "<tr><th>cgroup OOM</th><td colspan=\"2\">{}</td></tr>\n</tbody></table>",
         escape(&eta)
     );
+    if let Some(words) = m.shared_words() {
+        let _ = writeln!(
+            page,
+            "<p class=\"warn\">The memory cgroup is {}: its usage, limit and time-to-OOM are the \
+             whole cgroup's, and the timeline leaves its usage out.</p>",
+            escape(&words)
+        );
+    }
+    let explained = m.explain();
+    if !explained.is_empty() {
+        page.push_str("<ul class=\"explain\">");
+        for line in explained {
+            let _ = write!(page, "<li>{}</li>", escape(&line));
+        }
+        page.push_str("</ul>\n");
+    }
     if !m.source.is_empty() {
         let _ = writeln!(
             page,
@@ -654,6 +678,8 @@ details summary { cursor: pointer; color: var(--muted); }
 .badge.unknown { background: #757575; }
 table.memory { width: auto; min-width: 60%; }
 table.memory th { font-weight: 500; white-space: nowrap; }
+p.warn { color: #b34700; }
+ul.explain { margin: .5em 0; padding-left: 1.2em; }
 .barcell { width: 50%; min-width: 200px; }
 .bar { background: #eee; height: 12px; border-radius: 6px; overflow: hidden; margin-top: 4px; }
 .bar span { display: block; height: 100%; background: #4a7bd0; }

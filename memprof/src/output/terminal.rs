@@ -95,14 +95,21 @@ pub fn render_summary(report: &Report, top: usize) -> String {
             Some(s) => format!(", OOM in ~{}", human_duration(s)),
             None => String::new(),
         };
+        let shared = match m.shared_words() {
+            Some(words) => format!(" ({words})"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "memory: tracked {} | RSS {} | cgroup {} of limit {}{eta}",
+            "memory: tracked {} | RSS {} | cgroup {}{shared} of limit {}{eta}",
             human_bytes(m.tracked_bytes),
             opt(m.rss_bytes),
             opt(m.cgroup_usage_bytes),
             limit
         );
+        for line in m.explain() {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     for k in &report.oom_kills {
         let _ = writeln!(

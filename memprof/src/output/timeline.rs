@@ -189,7 +189,9 @@ fn chart_lines(report: &Report, top: usize) -> Vec<Line> {
         .iter()
         .filter_map(|s| Some((s.elapsed_s, s.cgroup_usage_bytes? as f64)))
         .collect();
-    if !usage.is_empty() {
+    // A memory cgroup shared with other processes is not the target's usage: left out, so
+    // that the scale follows the target's own bytes.
+    if !usage.is_empty() && report.memory.shared.is_none() {
         lines.push(Line {
             label: "cgroup memory usage".into(),
             color: "#555",

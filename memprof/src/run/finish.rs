@@ -42,6 +42,8 @@ impl Session {
         lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
         lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
         let (usage, limit, rss) = self.memory_now();
+        let split = crate::target::memory::rss_split(&self.alive_pids());
+        let stat = self.memory.stat();
         let tracked_bytes = stacks.iter().map(|s| s.bytes).sum();
         let elapsed = self.started.elapsed().as_secs_f64();
         let function_series = analyze::functions::series_entries(&stacks);
@@ -107,6 +109,11 @@ impl Session {
                 cgroup_usage_bytes: usage,
                 cgroup_limit_bytes: limit,
                 source: self.memory.describe(),
+                rss_anon_bytes: rss.map(|_| split.anon),
+                rss_file_bytes: rss.map(|_| split.file),
+                cgroup_anon_bytes: stat.map(|s| s.anon),
+                cgroup_file_bytes: stat.map(|s| s.file),
+                shared: self.shared_memory(),
             },
             oom_eta_s,
             oom_kills: self.oom_kills.clone(),

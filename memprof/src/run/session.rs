@@ -2,13 +2,16 @@
 //! snapshots, OOM evidence.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 use log::{info, warn};
-use memprof_common::{LEAF_PREPEND, unwind::STACK_FIRST_EXACT};
+use memprof_common::{
+    LEAF_PREPEND,
+    unwind::{STACK_FIRST_EXACT, STACK_USED_FP},
+};
 
 use super::{Config, Failure, finish::class_name, title};
 use crate::{
@@ -16,7 +19,7 @@ use crate::{
     attach::{Probes, alloc_code::AllocatorCode},
     collect::{Collector, NO_STACK, Notice, Snapshot, StackRef},
     output,
-    report::{Frame, OomKill, SnapshotInfo, StackReport},
+    report::{Frame, OomKill, SharedMemory, SnapshotInfo, StackReport},
     runtime::Runtimes,
     symbolize::{StackOpts, Symbolizer},
     unwind::loader::UnwindLoader,
@@ -318,7 +321,27 @@ impl Session {
         }
     }
 
-    fn alive_pids(&self) -> Vec<u32> {
+    /// Whether the memory cgroup read for the target holds processes outside it. A cgroup v2
+    /// target's own `memory.current` holds only the target; a v1 memory cgroup (hybrid hosts) or
+    /// the cgroup of a `--pid` target may hold others.
+    pub(super) fn shared_memory(&self) -> Option<SharedMemory> {
+        if let (Some(cg), MemorySource::V2(dir)) = (&self.config.cgroup, &self.memory) {
+            if dir.starts_with(&cg.path) {
+                return None;
+            }
+        }
+        let members = self.memory.member_pids()?;
+        let mut ours: HashSet<u32> = self.processes.keys().copied().collect();
+        ours.extend(self.target_pids());
+        ours.insert(std::process::id());
+        let others = members.difference(&ours).count() as u64;
+        (others > 0).then(|| SharedMemory {
+            other_processes: others,
+            cgroup: self.memory.dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        })
+    }
+
+    pub(super) fn alive_pids(&self) -> Vec<u32> {
         self.processes.iter().filter(|(_, p)| p.alive).map(|(pid, _)| *pid).collect()
     }
 
@@ -446,7 +469,11 @@ impl Session {
         if let Some(flags) = st.flags {
             // A CFI walk: every address is a real frame. A process walked before its tables were
             // loaded lost the syscall wrapper's caller, kept beside the stack.
-            if r.leaf_ret != 0 && ips.get(1) != Some(&r.leaf_ret) && self.symbolizer.is_return_address(r.pid, r.leaf_ret) {
+            if flags & STACK_USED_FP != 0
+                && r.leaf_ret != 0
+                && ips.get(1) != Some(&r.leaf_ret)
+                && self.symbolizer.is_return_address(r.pid, r.leaf_ret)
+            {
                 ips.insert(1.min(ips.len()), r.leaf_ret);
             }
             self.stack_flags.insert(*r, flags);

@@ -1,8 +1,12 @@
 //! The target's memory as the kernel accounts it: cgroup usage and limit (cgroup v2
 //! `memory.current`/`memory.max`, or on hybrid hosts the v1 memory controller's
-//! `memory.usage_in_bytes`/`memory.limit_in_bytes`), and the processes' resident set size.
+//! `memory.usage_in_bytes`/`memory.limit_in_bytes`), its split into anonymous memory and page
+//! cache (`memory.stat`), the processes it holds, and the processes' resident set size.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use super::cgroup::CgroupTarget;
 
@@ -67,6 +71,106 @@ impl MemorySource {
     }
 }
 
+impl MemorySource {
+    /// The cgroup's usage by kind, from `memory.stat` (hierarchical totals on v1).
+    pub fn stat(&self) -> Option<CgroupStat> {
+        match self {
+            MemorySource::V2(dir) => parse_stat(&std::fs::read_to_string(dir.join("memory.stat")).ok()?, false),
+            MemorySource::V1(dir) => parse_stat(&std::fs::read_to_string(dir.join("memory.stat")).ok()?, true),
+            MemorySource::None => None,
+        }
+    }
+
+    /// The memory cgroup's directory.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            MemorySource::V2(dir) | MemorySource::V1(dir) => Some(dir),
+            MemorySource::None => None,
+        }
+    }
+
+    /// Every process in the memory cgroup and its descendants (None: not readable).
+    pub fn member_pids(&self) -> Option<HashSet<u32>> {
+        let mut pids = HashSet::new();
+        let mut dirs = vec![self.dir()?.to_path_buf()];
+        let mut read_any = false;
+        while let Some(dir) = dirs.pop() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                read_any = true;
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        read_any.then_some(pids)
+    }
+}
+
+/// A memory cgroup's usage by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStat {
+    /// Anonymous memory (v2 `anon`, v1 `total_rss`).
+    pub anon: u64,
+    /// Page cache (v2 `file`, v1 `total_cache`).
+    pub file: u64,
+}
+
+/// `memory.stat` text: v2 (`anon`, `file`) or v1 (`total_rss`, `total_cache`, else the
+/// non-hierarchical `rss`, `cache`).
+pub fn parse_stat(text: &str, v1: bool) -> Option<CgroupStat> {
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    if v1 {
+        Some(CgroupStat {
+            anon: get("total_rss").or_else(|| get("rss"))?,
+            file: get("total_cache").or_else(|| get("cache"))?,
+        })
+    } else {
+        Some(CgroupStat { anon: get("anon")?, file: get("file")? })
+    }
+}
+
+/// The processes' resident memory by kind, summed (`/proc/PID/status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RssSplit {
+    /// `RssAnon`: heap, anonymous mappings, stacks.
+    pub anon: u64,
+    /// `RssFile` + `RssShmem`: executables, libraries, mapped files, shared memory.
+    pub file: u64,
+}
+
+pub fn rss_split(pids: &[u32]) -> RssSplit {
+    let mut split = RssSplit::default();
+    for p in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
+        let s = parse_status_rss(&status);
+        split.anon += s.anon;
+        split.file += s.file;
+    }
+    split
+}
+
+fn parse_status_rss(status: &str) -> RssSplit {
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    RssSplit { anon: kb("RssAnon:"), file: kb("RssFile:") + kb("RssShmem:") }
+}
+
 use crate::analyze::parse_memory_max as parse_limit;
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -119,6 +223,33 @@ mod tests {
                   41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
         assert_eq!(v1_memory_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/memory")));
         assert_eq!(v1_memory_mount("41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"), None);
+    }
+
+    #[test]
+    fn parses_memory_stat() {
+        let v2 = "anon 4096\nfile 8192\nkernel 100\nanon_thp 0\n";
+        assert_eq!(parse_stat(v2, false), Some(CgroupStat { anon: 4096, file: 8192 }));
+        let v1 = "cache 1\nrss 2\nrss_huge 0\ntotal_cache 30\ntotal_rss 40\n";
+        assert_eq!(parse_stat(v1, true), Some(CgroupStat { anon: 40, file: 30 }));
+        assert_eq!(parse_stat("cache 1\nrss 2\n", true), Some(CgroupStat { anon: 2, file: 1 }));
+        assert_eq!(parse_stat("garbage", false), None);
+    }
+
+    #[test]
+    fn parses_status_rss() {
+        let status = "VmRSS:\t   300 kB\nRssAnon:\t   100 kB\nRssFile:\t   150 kB\nRssShmem:\t    50 kB\n";
+        assert_eq!(parse_status_rss(status), RssSplit { anon: 100 << 10, file: 200 << 10 });
+        let me = rss_split(&[std::process::id()]);
+        assert!(me.anon > 0 && me.file > 0, "{me:?}");
+    }
+
+    #[test]
+    fn own_cgroup_members_include_self() {
+        let src = MemorySource::for_pid(std::process::id(), super::super::cgroup::find_cgroup2_mount().ok().as_deref());
+        if src.dir().is_some() {
+            let pids = src.member_pids().expect("cgroup.procs of the own memory cgroup");
+            assert!(pids.contains(&std::process::id()), "{src:?}");
+        }
     }
 
     #[test]
