@@ -201,6 +201,39 @@ pub enum MemEventKind {
     NewStack = 8,
     /// `mprotect(addr, len, prot)` outside any allocator call; `new_addr` is `prot`.
     Mprotect = 9,
+    /// `madvise(addr, len, DONTNEED|FREE|REMOVE)` outside any allocator call: the range's pages
+    /// are dropped (a later touch brings new ones).
+    Madvise = 10,
+}
+
+/// Granule of [`DiscardKey`]: 2 MiB, 512 pages, one bit each in [`DiscardBits`].
+pub const DISCARD_GRANULE_SHIFT: u32 = 21;
+
+/// Pages of a process's own mappings that `madvise` dropped, per 2 MiB of address space: the
+/// page-fault program records a page whose bit is set when it is touched again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DiscardKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `addr >> DISCARD_GRANULE_SHIFT`.
+    pub granule: u64,
+}
+
+/// One bit per 4 KiB page of a granule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiscardBits {
+    pub bits: [u64; 8],
+}
+
+impl DiscardBits {
+    /// The bit of the page holding `addr`: (word, mask).
+    #[inline(always)]
+    pub fn slot(addr: u64) -> (usize, u64) {
+        let page = (addr >> 12) & 511;
+        ((page >> 6) as usize, 1u64 << (page & 63))
+    }
 }
 
 /// A mapping change, sent to userspace through the ring buffer. Anonymous mappings are few and
@@ -424,4 +457,6 @@ mod pod {
     unsafe impl aya::Pod for StackTotals {}
     unsafe impl aya::Pod for InFlight {}
     unsafe impl aya::Pod for MemEvent {}
+    unsafe impl aya::Pod for DiscardKey {}
+    unsafe impl aya::Pod for DiscardBits {}
 }

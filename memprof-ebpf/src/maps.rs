@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use memprof_common::{
-    AllocInfo, AllocKey, COUNTER_COUNT, Counter, InFlight, StackKey, StackTotals, SyscallArgs,
+    AllocInfo, AllocKey, COUNTER_COUNT, Counter, DISCARD_GRANULE_SHIFT, DiscardBits, DiscardKey, InFlight,
+    StackKey, StackTotals, SyscallArgs,
 };
 
 /// Live allocations: (tgid, address) → size, time, stack.
@@ -35,6 +36,20 @@ pub static SAMPLE_COUNTDOWN: LruHashMap<u64, u64> = LruHashMap::with_max_entries
 /// mmap/munmap/mremap arguments between sys_enter and sys_exit, by thread.
 #[map]
 pub static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(1 << 14, 0);
+
+/// Pages of the target's own mappings that madvise dropped (set by userspace): touched again,
+/// they are recorded by the page-fault program.
+#[map]
+pub static DISCARDED: HashMap<DiscardKey, DiscardBits> = HashMap::with_max_entries(1 << 14, BPF_F_NO_PREALLOC);
+
+/// Whether the page at `addr` of `tgid` was dropped by madvise and not touched since.
+#[inline(always)]
+pub fn discarded(tgid: u32, addr: u64) -> bool {
+    let key = DiscardKey { tgid, _pad: 0, granule: addr >> DISCARD_GRANULE_SHIFT };
+    let Some(b) = (unsafe { DISCARDED.get(&key) }) else { return false };
+    let (word, mask) = DiscardBits::slot(addr);
+    b.bits[word & 7] & mask != 0
+}
 
 /// Mapping changes for userspace.
 #[map]

@@ -42,8 +42,9 @@ fn save(kind: MemEventKind, addr: u64, len: u64, new_len: u64) {
         return;
     }
     if unsafe { INFLIGHT.get(id) }.is_some() {
-        // (An allocator committing its own reservation with mprotect is routine, not counted.)
-        if kind as u32 != MemEventKind::Mprotect as u32 {
+        // (An allocator committing or purging its own memory with mprotect or madvise is
+        // routine, not counted.)
+        if kind as u32 != MemEventKind::Mprotect as u32 && kind as u32 != MemEventKind::Madvise as u32 {
             count(Counter::SyscallInsideAllocator);
         }
         return;
@@ -264,6 +265,25 @@ pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
             new_addr: args.new_len,
             ..event(MemEventKind::Mprotect, (current() >> 32) as u32)
         },
+        RB_NO_WAKEUP,
+    );
+    0
+}
+
+/// madvise dropping pages (called from `crate::rss::sys_enter_madvise` in allocation mode).
+#[inline(always)]
+pub fn madvise_entered(addr: u64, len: u64) {
+    save(MemEventKind::Madvise, addr, len, 0);
+}
+
+#[tracepoint]
+pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
+    let Some(args) = take(MemEventKind::Madvise) else { return 0 };
+    if arg(&ctx, 0) != 0 {
+        return 0;
+    }
+    emit_with(
+        MemEvent { addr: args.addr, len: page_round(args.len), ..event(MemEventKind::Madvise, (current() >> 32) as u32) },
         RB_NO_WAKEUP,
     );
     0

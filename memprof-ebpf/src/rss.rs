@@ -53,7 +53,9 @@ fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
         // (copy-on-write after fork, a write after a read mapped the zero page) is not memory
         // the heap asked for.
         let error_code: u64 = unsafe { ctx.read_at(24) }.map_err(|e| e as i64)?;
-        if error_code & X86_PF_PROT != 0 || !crate::runtime::heap_page(tgid, address) {
+        if error_code & X86_PF_PROT != 0
+            || !(crate::runtime::heap_page(tgid, address) || crate::maps::discarded(tgid, address))
+        {
             return Ok(());
         }
     }
@@ -88,15 +90,18 @@ fn try_page_fault(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// syscalls:sys_enter_madvise — releasing advice drops the pages.
 #[tracepoint]
+/// In allocation mode the call is reported to userspace at its exit (a program's own mapping
+/// then stops counting what it dropped; see `crate::mmap::sys_exit_madvise`).
 pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
-    if !rss_mode() {
-        return 0;
-    }
     let advice = unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0);
     if matches!(advice, MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED) {
         let addr = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0);
         let len = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0);
-        release(addr, len);
+        if rss_mode() {
+            release(addr, len);
+        } else {
+            crate::mmap::madvise_entered(addr, len);
+        }
     }
     0
 }

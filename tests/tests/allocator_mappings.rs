@@ -1,7 +1,7 @@
 //! Each byte once, and only accessible bytes: mappings an allocator makes for itself outside any
 //! tracked call (glibc's arena created inside `free`, when that is a thread's first allocator
 //! call) are not counted, the blocks carved from them are; a `PROT_NONE` reservation counts as
-//! `mprotect` commits it.
+//! `mprotect` commits it; pages dropped with `madvise` stop counting until touched again.
 
 use memprof_tests::*;
 
@@ -17,6 +17,9 @@ fn allocator_mappings_and_reservations() {
     let live = p.summary["live_bytes"].as_u64().unwrap();
     assert!(live < truth + (1 << 20), "{live} B live for {truth} B kept:\n{}", describe_stacks(&p.summary));
     assert!(p.summary["stats"]["allocator_mappings_skipped"].as_u64().unwrap_or(0) >= 1, "{}", p.summary["stats"]);
+    // The half dropped by madvise: registered for page faults, 4 MiB.
+    let discarded = p.summary["stats"]["madvise_discarded_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(discarded, 4 << 20, "madvise_discarded_bytes: {}", p.summary["stats"]);
     // The reservation counted 8 MiB while committed, then 4 MiB: never its 1 GiB.
     let reserve = stacks_with(&p.summary, "reserve_commit");
     let peak = reserve

@@ -116,6 +116,8 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("syscalls", "sys_exit_mremap", "sys_exit_mremap", true),
     ("syscalls", "sys_enter_mprotect", "sys_enter_mprotect", true),
     ("syscalls", "sys_exit_mprotect", "sys_exit_mprotect", true),
+    ("syscalls", "sys_enter_madvise", "sys_enter_madvise", true),
+    ("syscalls", "sys_exit_madvise", "sys_exit_madvise", true),
     ("sched", "sched_process_exec", "sched_process_exec", false),
     ("oom", "mark_victim", "oom_mark_victim", false),
 ];
@@ -124,7 +126,6 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
 /// [`Probes::attach_page_faults`]).
 const RSS_TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("exceptions", "page_fault_user", "page_fault_user", true),
-    ("syscalls", "sys_enter_madvise", "sys_enter_madvise", true),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,7 +238,8 @@ impl Probes {
     /// Attaches the page-fault tracepoint in allocation mode, once: a runtime counts its heap's
     /// pages as they are first touched (Python's arenas in optimised builds). Only then, so
     /// that the other processes of the host do not pay for it. True when it is attached.
-    pub fn attach_page_faults(&mut self) -> bool {
+    /// `why`: what the pages are, for the log.
+    pub fn attach_page_faults(&mut self, why: &str) -> bool {
         if self.page_faults != PageFaults::No {
             return self.page_faults == PageFaults::Attached;
         }
@@ -247,12 +249,12 @@ impl Probes {
         });
         match result {
             Ok(()) => {
-                info!("page faults followed (pymalloc arenas counted by the pages their objects fill)");
+                info!("page faults followed ({why})");
                 self.page_faults = PageFaults::Attached;
                 true
             }
             Err(err) => {
-                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}; Python arenas counted whole");
+                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}; {why} not followed");
                 self.optional_failures.push("exceptions:page_fault_user".into());
                 self.page_faults = PageFaults::Failed;
                 false

@@ -74,6 +74,22 @@ impl Mappings {
         }
     }
 
+    /// `madvise(DONTNEED/FREE/REMOVE)`: the accessible tracked parts of [addr, addr+len) stop
+    /// counting (their pages are gone; one touched again is counted by its page fault, see
+    /// `discarded.rs`). Returns those parts.
+    pub fn discard(&mut self, pid: u32, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        let Some(regions) = self.by_pid.get(&pid) else { return Vec::new() };
+        let end = addr.saturating_add(len);
+        let mut parts: Vec<(u64, u64)> = overlapping(regions, addr, end)
+            .into_iter()
+            .filter(|(_, r)| r.accessible)
+            .map(|(start, r)| (start.max(addr), r.end.min(end)))
+            .collect();
+        parts.sort_unstable();
+        self.protect(pid, addr, len, false);
+        parts
+    }
+
     /// Removes [addr, addr+len) from whatever records overlap it, splitting them as needed.
     pub fn unmap(&mut self, pid: u32, addr: u64, len: u64) {
         let Some(regions) = self.by_pid.get_mut(&pid) else { return };
@@ -223,5 +239,19 @@ mod tests {
         assert_eq!(m.forget(1), 0);
     }
 
+    #[test]
+    fn madvise_discards_accessible_parts_only() {
+        let mut m = Mappings::default();
+        m.map(1, 100 * P, 8 * P, O, true);
+        m.map(1, 200 * P, 8 * P, O, false);
+        // Across the end of the first mapping, and over the reservation: only what counted.
+        assert_eq!(m.discard(1, 104 * P, 100 * P), vec![(104 * P, 108 * P)]);
+        assert_eq!(live_bytes(&m), 4 * P);
+        // Discarded twice: nothing more.
+        assert!(m.discard(1, 104 * P, 4 * P).is_empty());
+        // Committed again with mprotect: counts again.
+        m.protect(1, 104 * P, 2 * P, true);
+        assert_eq!(live_bytes(&m), 6 * P);
+    }
 }
 

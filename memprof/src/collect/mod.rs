@@ -1,6 +1,7 @@
 //! Reading the kernel's maps into snapshots: per-stack live totals (one map entry per stack, no
 //! walk over allocations), mapping events from the ring buffer, and the lost-event counters.
 
+pub mod discarded;
 pub mod mappings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,7 @@ use aya::{
 use log::warn;
 use memprof_common::{unwind::{UnwoundStack, STACK_TRUNCATED, STACK_USED_FP}, AllocKey, COUNTER_COUNT, Counter, MemEvent, MemEventKind, StackKey, StackTotals};
 
+use discarded::Discarded;
 use mappings::{MappingOrigin, Mappings};
 
 const PROT_NONE: u64 = 0;
@@ -43,6 +45,9 @@ pub enum Notice {
     RangeReleased { pid: u32, addr: u64, len: u64 },
     /// A new stack with runtime frames.
     NewStack { pid: u32, stack_id: u32 },
+    /// Pages of the process's own mappings were dropped by madvise: their next touch must be
+    /// seen (page faults followed).
+    Discarded(u32),
 }
 
 /// A recorded stack.
@@ -94,12 +99,15 @@ pub struct Collector {
     /// per (pid, stack id), subtracted from the kernel's totals at each snapshot (userspace
     /// cannot update the kernel's totals atomically).
     released: HashMap<(u32, u32, u64), (u64, u64)>,
+    /// Pages of the target's own mappings dropped by madvise (see `discarded.rs`).
+    pub discarded: Discarded,
 }
 
 impl Collector {
     pub fn new(bpf: &mut Ebpf, dwarf: bool) -> Result<Collector, CollectError> {
         let map = bpf.take_map("EVENTS").ok_or(CollectError::MissingMap("EVENTS"))?;
         let events = RingBuf::try_from(map).map_err(map_err("EVENTS"))?;
+        let discarded = bpf.take_map("DISCARDED").and_then(|m| BpfHashMap::try_from(m).ok());
         Ok(Collector {
             events,
             mappings: Mappings::default(),
@@ -108,6 +116,7 @@ impl Collector {
             mapping_events: 0,
             allocator_mappings: 0,
             released: HashMap::new(),
+            discarded: Discarded::new(discarded),
         })
     }
 
@@ -136,7 +145,30 @@ impl Collector {
         }
         for ev in events {
             self.mapping_events += 1;
+            // A range dropped by madvise and registered for page faults: whatever changes it
+            // next ends the registration (and releases the pages recorded there).
+            if [MemEventKind::Mmap, MemEventKind::Munmap, MemEventKind::Mremap, MemEventKind::Mprotect, MemEventKind::Madvise]
+                .iter()
+                .any(|&k| k as u32 == ev.kind)
+            {
+                for (start, end) in self.discarded.remove(ev.tgid, ev.addr, ev.len) {
+                    notices.push(Notice::RangeReleased { pid: ev.tgid, addr: start, len: end - start });
+                    if ev.kind == MemEventKind::Madvise as u32 {
+                        // Dropped again: still registered.
+                        self.discarded.add(ev.tgid, start, end);
+                    }
+                }
+            }
             match ev.kind {
+                k if k == MemEventKind::Madvise as u32 => {
+                    let parts = self.mappings.discard(ev.tgid, ev.addr, ev.len);
+                    for &(start, end) in &parts {
+                        self.discarded.add(ev.tgid, start, end);
+                    }
+                    if !parts.is_empty() {
+                        notices.push(Notice::Discarded(ev.tgid));
+                    }
+                }
                 k if k == MemEventKind::Mmap as u32 => {
                     let stack_id = if ev.stack_id < 0 { NO_STACK } else { ev.stack_id as u32 };
                     notices.push(Notice::Mapped(ev.tgid));
@@ -166,6 +198,7 @@ impl Collector {
                 k if k == MemEventKind::Exec as u32 => {
                     // The old image's mappings went with it; later events are the new image's.
                     self.mappings.forget(ev.tgid);
+                    self.discarded.forget(ev.tgid);
                     notices.push(Notice::Exec { pid: ev.tgid, ts_ns: ev.ts_ns });
                 }
                 k if k == MemEventKind::OomVictim as u32 => notices.push(Notice::OomVictim(ev.tgid)),
@@ -292,6 +325,7 @@ impl Collector {
     /// live view. Returns the bytes it still held.
     pub fn retire_process(&mut self, bpf: &mut Ebpf, pid: u32) -> u64 {
         let mut held = self.mappings.forget(pid);
+        self.discarded.forget(pid);
         let released: u64 = self.released.iter().filter(|((p, _, _), _)| *p == pid).map(|(_, v)| v.0).sum();
         self.released.retain(|(p, _, _), _| *p != pid);
         if let Some(map) = bpf.map_mut("ALLOCS") {

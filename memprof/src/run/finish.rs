@@ -76,6 +76,7 @@ impl Session {
         let oom_eta_s = analyze::oom_eta_s(self.history.cgroup(), limit);
         stats.insert("mapping_events".into(), self.collector.mapping_events);
         stats.insert("allocator_mappings_skipped".into(), self.collector.allocator_mappings);
+        stats.insert("madvise_discarded_bytes".into(), self.collector.discarded.bytes);
         let mut stack_quality = StackQuality::of(&stacks, self.config.sizes.dwarf);
         stack_quality.tables = self.unwinder.as_ref().map(|u| u.stats.clone());
         let report = Report {

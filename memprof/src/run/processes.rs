@@ -79,7 +79,9 @@ impl Session {
     /// the mappings recorded for them before.
     pub(super) fn attach_for_runtimes(&mut self, probes: &[crate::runtime::RuntimeProbe]) {
         self.probes.attach_runtime(probes);
-        if self.runtimes.heap_pages() && !self.probes.attach_page_faults() {
+        if self.runtimes.heap_pages()
+            && !self.probes.attach_page_faults("pymalloc arenas counted by the pages their objects fill")
+        {
             self.runtimes.no_heap_pages(&mut self.probes.bpf);
         }
         for (pid, start, end) in self.runtimes.take_found_heaps() {

@@ -301,6 +301,10 @@ impl Session {
                     let st = self.collector.stack(&self.probes.bpf, stack_id);
                     self.runtimes.prefetch(pid, &st.ips);
                 }
+                Notice::Discarded(_) => {
+                    // Pages a program dropped with madvise count again when touched.
+                    self.probes.attach_page_faults("pages dropped by madvise counted again when touched");
+                }
                 Notice::OomVictim(pid) => {
                     if self.is_tracked(pid) {
                         self.capture_oom(pid);
