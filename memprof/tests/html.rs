@@ -10,7 +10,7 @@ use memprof::output::{
     flamegraph_svg, folded_lines, growth_svg, timeline_svg, write_report_html, write_timeline_svg,
     SnapshotSvg,
 };
-use memprof::report::{MemoryInfo, OomKill, Report, SnapshotInfo, StackReport};
+use memprof::report::{MemoryInfo, OomKill, Report, SharedMemory, SnapshotInfo, StackReport};
 
 const HOUR: f64 = 3600.0;
 
@@ -187,6 +187,11 @@ fn leaking_report() -> Report {
             cgroup_usage_bytes: Some(42 << 20),
             cgroup_limit_bytes: Some(64 << 20),
             source: "cgroup v2 memory.current".into(),
+            rss_anon_bytes: Some(27 << 20),
+            rss_file_bytes: Some(4 << 20),
+            cgroup_anon_bytes: Some(38 << 20),
+            cgroup_file_bytes: Some(3 << 20),
+            shared: None,
         },
         oom_eta_s: Some(6.5 * HOUR),
         oom_kills: vec![OomKill {
@@ -259,6 +264,24 @@ fn leak_report_loads_cleanly_in_chromium() {
         .contains("LEAK: 3.2 MiB/h at leak_site (fixture.c:42) ← worker — cgroup OOM in ~6.5 h"));
     // The slider script ran: the last snapshot is shown.
     assert!(run.dom.contains("snapshot 12 at 6.0 h (13 of 13)"));
+    // The totals reconciled, the target's own cgroup.
+    assert!(run.dom.contains("RSS 31.0 MiB = 27.0 MiB anonymous + 4.0 MiB file-backed"), "{}", run.dom);
+    assert!(run.dom.contains("cgroup usage 42.0 MiB = 38.0 MiB anonymous + 3.0 MiB page cache + 1.0 MiB kernel and other (the target's own memory cgroup)"));
+}
+
+#[test]
+fn shared_memory_cgroup_is_said_in_the_report() {
+    let dir = temp_dir("shared");
+    let mut report = leaking_report();
+    report.memory.shared = Some(SharedMemory { other_processes: 41, cgroup: "/sys/fs/cgroup/memory".into() });
+    let page = write_page(&dir, &report);
+    let run = chromium(&page, &[]);
+    assert_clean(&run);
+    assert!(run.dom.contains("shared with 41 other processes: not the target's own usage"), "{}", run.dom);
+    assert!(run.dom.contains("cgroup usage (shared)"));
+    let timeline = memprof::output::timeline_svg(&report, 5);
+    assert!(!timeline.contains("cgroup memory usage"), "a shared cgroup's usage is plotted");
+    assert!(memprof::output::timeline_svg(&leaking_report(), 5).contains("cgroup memory usage"));
 }
 
 #[test]

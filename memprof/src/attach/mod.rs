@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLinkId, uprobe::UProbeScope},
+    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLink, uprobe::UProbeScope},
 };
 use log::{debug, info, warn};
 use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNWIND_DWARF, UNWIND_FP};
@@ -146,20 +146,23 @@ pub struct Probes {
     elf_cache: HashMap<ObjectKey, Option<ElfInfo>>,
     /// Objects already probed, per process.
     attached: HashMap<u32, BTreeSet<ObjectKey>>,
-    /// Links per process, to detach when it exits.
-    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Links per process (owned here, not by the programs, so that they can be released
+    /// concurrently at the end: see [`Probes::release`]).
+    links: HashMap<u32, Vec<UProbeLink>>,
+    /// Links of exited processes, kept until the end.
+    retired: Vec<UProbeLink>,
     /// What was placed (or failed), for the summary.
     pub placed: Vec<ProbeInfo>,
     /// Uprobe attach failures.
     pub attach_failures: u64,
+    /// Probes not placed because their process had exited meanwhile (routine, not failures).
+    pub attach_gone: u64,
     /// Optional tracepoints that could not be attached (exec, OOM victim).
     pub optional_failures: Vec<String>,
     /// `--mode rss`: no uprobes at all.
     rss: bool,
     /// The page-fault tracepoint (`--mode rss`, or runtime heaps counted by page).
     page_faults: PageFaults,
-    /// Links of exited processes, kept until the end.
-    pub retired_links: usize,
     /// Move free-like probes past a leading NULL check onto an emulated instruction
     /// (`placement.rs`); off with `--no-probe-placement`.
     probe_placement: bool,
@@ -224,11 +227,12 @@ impl Probes {
             links: HashMap::new(),
             placed: Vec::new(),
             attach_failures: 0,
+            attach_gone: 0,
             optional_failures,
             probe_placement: true,
             rss: sizes.rss,
             page_faults: if sizes.rss { PageFaults::Attached } else { PageFaults::No },
-            retired_links: 0,
+            retired: Vec::new(),
             placements: HashMap::new(),
             runtime_attached: Default::default(),
             runtime_placements: HashMap::new(),
@@ -432,16 +436,25 @@ impl Probes {
         function: &str,
     ) -> bool {
         let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
-            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, UProbeScope::OneProcess(pid))
-                .map_err(|e| format!("{e}"))
+            let id = prog
+                .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, UProbeScope::OneProcess(pid))
+                .map_err(|e| format!("{e}"))?;
+            prog.take_link(id).map_err(|e| format!("{e}"))
         });
         match result {
             Ok(link) => {
-                self.links.entry(pid.get()).or_default().push((prog_name, link));
+                self.links.entry(pid.get()).or_default().push(link);
                 if !self.placed.iter().any(|x| x.object == object && x.function == function && x.offset == offset) {
                     self.placed.push(ProbeInfo { object, function: function.into(), offset, attached: true, error: None });
                 }
                 true
+            }
+            Err(err) if !crate::target::procs::pid_alive(pid.get()) => {
+                // Routine: the process left before its probes were placed (a short-lived
+                // process); counted, not said one by one.
+                self.attach_gone += 1;
+                debug!("{prog_name} not attached to {function} in {object}: pid {pid} exited ({err})");
+                false
             }
             Err(err) => {
                 self.attach_failures += 1;
@@ -484,8 +497,39 @@ impl Probes {
         self.attached.remove(&pid);
         self.runtime_attached.retain(|(p, _, _)| *p != pid);
         if let Some(links) = self.links.remove(&pid) {
-            self.retired_links += links.len();
+            self.retired.extend(links);
         }
+    }
+
+    /// Links of exited processes, kept until the end.
+    pub fn retired_links(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// Detaches everything. Releasing a uprobe link waits for an RCU-tasks-trace grace period
+    /// (0.1–0.5 s here), one link after another when done in one thread (thousands of links took
+    /// minutes); released from many threads at once, the waits share grace periods. Returns the
+    /// number of links and how long their release took.
+    pub fn release(mut self) -> (usize, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let mut links: Vec<UProbeLink> = self.links.drain().flat_map(|(_, v)| v).collect();
+        links.append(&mut self.retired);
+        let n = links.len();
+        let threads = n.clamp(1, RELEASE_THREADS);
+        let per = n.div_ceil(threads);
+        let mut handles = Vec::new();
+        while !links.is_empty() {
+            let chunk: Vec<UProbeLink> = links.drain(..per.min(links.len())).collect();
+            match std::thread::Builder::new().name("memprof-detach".into()).spawn(move || drop(chunk)) {
+                Ok(h) => handles.push(h),
+                Err(err) => warn!("failed to start a detach thread ({err}); detaching in this one"),
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        drop(self.bpf);
+        (n, started.elapsed())
     }
 
     /// Number of processes with probes.
@@ -498,6 +542,9 @@ impl Probes {
         self.links.values().map(Vec::len).sum()
     }
 }
+
+/// Most threads releasing links at once (see [`Probes::release`]).
+const RELEASE_THREADS: usize = 256;
 
 fn looks_like_libc(e: &MapEntry) -> bool {
     let name = e.path.as_deref().unwrap_or("").rsplit('/').next().unwrap_or("");

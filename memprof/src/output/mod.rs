@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::report::{Report, StackReport};
+use crate::report::{Report, SnapshotInfo, StackReport};
 
 pub use pprof::write_pprof;
 pub use self::folded::{escape_frame, folded_lines, unescape_frame, write_folded, NO_STACK};
@@ -149,6 +149,38 @@ fn snapshot_svgs(dir: &Path, report: &Report) -> Vec<SnapshotSvg> {
         .collect()
 }
 
+/// Most snapshots kept (on disk as `snapshots/NNNN.*`, and in summary.json): beyond it the
+/// older half is thinned to every other one, so a run of any length keeps recent snapshots at
+/// `--interval` and older ones at coarser and coarser spacing.
+pub const SNAPSHOTS_KEPT: usize = 512;
+
+/// Thins `snapshots` (oldest first) once it holds more than [`SNAPSHOTS_KEPT`]: every other
+/// one of the older half goes (the first stays). Returns the indexes removed.
+pub fn thin_snapshots(snapshots: &mut Vec<SnapshotInfo>) -> Vec<u32> {
+    if snapshots.len() <= SNAPSHOTS_KEPT {
+        return Vec::new();
+    }
+    let half = snapshots.len() / 2;
+    let mut removed = Vec::new();
+    let mut pos = 0;
+    snapshots.retain(|s| {
+        let keep = pos >= half || pos % 2 == 0;
+        if !keep {
+            removed.push(s.index);
+        }
+        pos += 1;
+        keep
+    });
+    removed
+}
+
+/// Deletes the files of snapshot `index` (thinned away).
+pub fn remove_snapshot(dir: &Path, index: u32) {
+    for ext in ["folded", "svg"] {
+        let _ = fs::remove_file(dir.join(SNAPSHOT_DIR).join(format!("{index:04}.{ext}")));
+    }
+}
+
 /// Writes `dir/snapshots/NNNN.folded` and `dir/snapshots/NNNN.svg` for snapshot `index`.
 pub fn write_snapshot(
     dir: &Path,
@@ -209,6 +241,25 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OutputError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_thinned_older_first() {
+        let mut kept: Vec<SnapshotInfo> = Vec::new();
+        let mut removed = Vec::new();
+        for index in 1..=20_000u32 {
+            kept.push(SnapshotInfo { index, elapsed_s: index as f64, ..Default::default() });
+            removed.extend(thin_snapshots(&mut kept));
+            assert!(kept.len() <= SNAPSHOTS_KEPT);
+        }
+        assert_eq!(kept.len() + removed.len(), 20_000);
+        assert_eq!(kept.first().unwrap().index, 1, "the first snapshot stays");
+        assert_eq!(kept.last().unwrap().index, 20_000, "the last snapshot stays");
+        // Recent ones at the interval, older ones coarser.
+        let gap = |i: usize| kept[i + 1].index - kept[i].index;
+        assert_eq!(gap(kept.len() - 2), 1);
+        assert!(gap(1) > 8 * gap(kept.len() - 2), "older gap {}", gap(1));
+        assert!(kept.windows(2).all(|w| w[0].index < w[1].index));
+    }
 
     #[test]
     fn atomic_write_replaces_file_and_leaves_no_tmp() {

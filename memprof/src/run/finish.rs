@@ -40,6 +40,7 @@ impl Session {
             m.entry(c.name().to_string()).or_insert(0);
         }
         lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
+        stats.insert("probes_skipped_process_exited".into(), self.probes.attach_gone);
         lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
         let (usage, limit, rss) = self.memory_now();
         let split = crate::target::memory::rss_split(&self.alive_pids());
@@ -140,16 +141,18 @@ impl Session {
             functions,
         };
         // Detach while the artifacts are written: closing each uprobe link takes the kernel
-        // 0.1-0.5 s, and the artifacts should not wait for it.
+        // 0.1-0.5 s, and the artifacts should not wait for it (links are released concurrently).
         let probes = self.probes;
-        let detach = std::thread::spawn(move || drop(probes));
+        let detach = std::thread::spawn(move || probes.release());
         let title = title(&self.config);
         let first_folded = self.first_folded.clone().unwrap_or_default();
         let history = output::RunHistory { first_folded: &first_folded, snapshots_dir: &self.config.output };
         let written = write_with_fallback(&self.config.output, &report, &title, &history);
         info!("final snapshot and artifacts written {:.2} s after the end", self.ended.map_or(0.0, |t| t.elapsed().as_secs_f64()));
         println!("{}", output::render_summary(&report, self.config.top));
-        let _ = detach.join();
+        if let Ok((links, took)) = detach.join() {
+            info!("{links} uprobe links released in {:.2} s", took.as_secs_f64());
+        }
         match written {
             Ok(dir) => {
                 println!("memprof: flamegraph: {}", dir.join(output::SVG_FILE).display());

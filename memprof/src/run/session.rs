@@ -526,7 +526,7 @@ impl Session {
         let t0 = Instant::now();
         let snap = self.snapshot();
         let stacks = self.stacks(&snap);
-        let index = self.snapshots.len() as u32 + 1;
+        let index = self.snapshots.last().map_or(1, |s| s.index + 1);
         let info = SnapshotInfo {
             index,
             elapsed_s: self.started.elapsed().as_secs_f64(),
@@ -567,6 +567,9 @@ impl Session {
         let title = format!("{} — snapshot {index}", self.title());
         output::write_snapshot(&self.config.output, index, &stacks, &title)
             .with_context(|| format!("failed to write snapshot {index}"))?;
+        for old in output::thin_snapshots(&mut self.snapshots) {
+            output::remove_snapshot(&self.config.output, old);
+        }
         log::debug!("snapshot {index}: read, symbolized and written in {:.3} s", t0.elapsed().as_secs_f64());
         Ok(())
     }
