@@ -85,6 +85,12 @@ pub struct Opt {
     #[arg(long)]
     pub no_python_objects: bool,
 
+    /// Attach uprobes as perf events, one per probe, even where the kernel has uprobe_multi
+    /// links (6.6+: one link per process, object and program, released at exit in a fraction
+    /// of the time). The older kernels' path.
+    #[arg(long)]
+    pub no_uprobe_multi: bool,
+
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

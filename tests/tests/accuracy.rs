@@ -133,4 +133,18 @@ fn pid_matches_ground_truth() {
     assert_accurate("leaky.c by --pid", &p.truth, &p.summary);
     assert!(p.dir.join("leaks.folded").is_file());
     assert_eq!(p.summary["end_reason"], "signal");
+    // On this kernel (6.6+) the probes are uprobe_multi links, released together at the end.
+    assert!(p.run.stderr.contains("uprobes attached as uprobe_multi links"), "{}", p.run.stderr);
+    assert!(p.run.stderr.contains("probe links released in"), "{}", p.run.stderr);
+}
+
+/// The older kernels' path, forced: one perf event per probe, the same exact result.
+#[test]
+fn perf_event_uprobes_match_ground_truth() {
+    require_root();
+    let mut fx = Fixture::start("leaky", &[], None);
+    let pid = fx.pid().to_string();
+    let p = profile_fixture(&mut fx, &["--pid".into(), pid, "--no-uprobe-multi".into()], "accuracy-perf-events");
+    assert_accurate("leaky.c by --pid, perf-event uprobes", &p.truth, &p.summary);
+    assert!(p.run.stderr.contains("uprobes attached as perf events"), "{}", p.run.stderr);
 }

@@ -34,9 +34,9 @@ fn serial() -> MutexGuard<'static, ()> {
 /// How long an in-container fixture may take to print `ready` (container start included).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Time allowed for memprof to adopt a process that appeared in the cgroup (it polls every
-/// 200 ms; exec events may make it faster).
-const ADOPT_GRACE: Duration = Duration::from_secs(1);
+/// Time allowed for memprof to adopt a process that appeared in the cgroup (it probes processes
+/// 0.5 s old, polling every 200 ms).
+const ADOPT_GRACE: Duration = Duration::from_secs(2);
 
 /// A line on the real stdout (shows with `cargo test` even when the test passes).
 fn say(line: &str) {

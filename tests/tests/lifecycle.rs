@@ -174,3 +174,30 @@ fn dlopened_allocator_is_probed() {
         "no probe on the dlopened mimalloc: {probes:?}"
     );
 }
+
+/// A cgroup whose shell starts short-lived processes all the time (health checks, `sh -c`
+/// workers) beside a leaking process: the short-lived ones are counted, not probed (they exit
+/// before they are 0.5 s old) and not listed one by one; the leak is still measured exactly.
+#[test]
+fn short_lived_processes_are_counted_not_probed() {
+    require_root();
+    let cg = TestCgroup::new();
+    let mut leaky = Fixture::start("leaky", &[], Some(&cg));
+    // ~20 processes a second, each gone within milliseconds.
+    let mut churn = std::process::Command::new("sh");
+    churn.args(["-c", "while :; do /bin/true; sh -c 'exit 0'; sleep 0.05; done"]);
+    let _churn = Child::spawn(&mut churn, Some(&cg)).expect("start the churning shell");
+    let p = profile_fixture(&mut leaky, &["--cgroup".into(), cg.name()], "lifecycle-short-lived");
+    assert_accurate("leaky.c beside short-lived processes", &p.truth, &p.summary);
+    let short = p.summary["stats"]["short_lived_processes"].as_u64().unwrap_or(0);
+    assert!(short >= 10, "short_lived_processes = {short}; stats {}", p.summary["stats"]);
+    let probed = p.summary["processes"].as_array().map_or(0, Vec::len);
+    assert!(probed <= 4, "{probed} processes probed (the leaky fixture and the shell expected): {}", p.summary["processes"]);
+    let per_process: Vec<&str> = p
+        .run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("failed to attach") || l.contains("no allocator functions found"))
+        .collect();
+    assert!(per_process.is_empty(), "routine per-process lines:\n{}", per_process.join("\n"));
+}

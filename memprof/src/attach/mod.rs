@@ -1,7 +1,8 @@
 //! Loading the BPF object and placing probes.
 //!
-//! Uprobes are attached per process (a perf event filtered on the process), so processes outside
-//! the target never trap on a shared library such as the host's libc. Each process gets probes on
+//! Uprobes are attached per process (a uprobe_multi link per object and program on kernels 6.6+,
+//! else a perf event per function; both filtered on the process), so processes outside the
+//! target never trap on a shared library such as the host's libc. Each process gets probes on
 //! every ELF object it maps that defines allocator functions (libc, jemalloc, the executable
 //! itself when statically linked), reached through `/proc/PID/map_files`, so a container's own
 //! libc is probed, not the host's.
@@ -12,6 +13,7 @@
 pub mod alloc_code;
 pub mod elf;
 pub mod entry_placement;
+pub mod multi;
 pub mod placement;
 
 use std::collections::{BTreeSet, HashMap};
@@ -60,6 +62,18 @@ pub struct MapSizes {
     /// Offset of `thread.fsbase` in the kernel's `task_struct` (runtime walkers read thread
     /// pointers); 0: unknown (runtime frames off).
     pub task_fsbase: u64,
+    /// Use uprobe_multi links where the kernel has them (else one perf event per probe).
+    pub uprobe_multi: bool,
+}
+
+/// One attached uprobe link: a perf event (one probe) or a uprobe_multi link (one program at
+/// several offsets of one object).
+#[derive(Debug)]
+enum ProbeLink {
+    Perf(#[allow(dead_code)] UProbeLink),
+    Multi(#[allow(dead_code)] multi::MultiLink),
+    /// A tracepoint's (kept with the rest so that all are released concurrently).
+    Tracepoint(#[allow(dead_code)] aya::programs::trace_point::TracePointLink),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +162,11 @@ pub struct Probes {
     attached: HashMap<u32, BTreeSet<ObjectKey>>,
     /// Links per process (owned here, not by the programs, so that they can be released
     /// concurrently at the end: see [`Probes::release`]).
-    links: HashMap<u32, Vec<UProbeLink>>,
-    /// Links of exited processes, kept until the end.
-    retired: Vec<UProbeLink>,
+    links: HashMap<u32, Vec<ProbeLink>>,
+    /// Links of exited processes, kept until the end, and the tracepoints' links.
+    retired: Vec<ProbeLink>,
+    /// Uprobes are attached as uprobe_multi links (kernel 6.6+).
+    pub multi: bool,
     /// What was placed (or failed), for the summary.
     pub placed: Vec<ProbeInfo>,
     /// Uprobe attach failures.
@@ -203,21 +219,39 @@ impl Probes {
         uprobe_names.dedup();
         uprobe_names.push(RETURN_PROGRAM);
         uprobe_names.extend(RUNTIME_PROGRAMS);
+        let multi = sizes.uprobe_multi && !sizes.rss && multi::kernel_supports();
         for name in uprobe_names {
             let prog: &mut UProbe = program(&mut bpf, name)?;
-            prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
+            let loaded = if multi { prog.load_multi() } else { prog.load() };
+            loaded.map_err(|source| AttachError::Program { name: name.into(), source })?;
+        }
+        if !sizes.rss {
+            info!(
+                "uprobes attached as {}",
+                if multi {
+                    "uprobe_multi links (one per process, object and program)"
+                } else if sizes.uprobe_multi {
+                    "perf events, one per probe (kernel older than 6.6: no uprobe_multi links)"
+                } else {
+                    "perf events, one per probe (--no-uprobe-multi)"
+                }
+            );
         }
         let mut optional_failures = Vec::new();
+        let mut tracepoints = Vec::new();
         let rss_tracepoints: &[(&str, &str, &str, bool)] = if sizes.rss { RSS_TRACEPOINTS } else { &[] };
         for &(category, event, name, required) in TRACEPOINTS.iter().chain(rss_tracepoints) {
             let prog: &mut TracePoint = program(&mut bpf, name)?;
             prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
-            if let Err(source) = prog.attach(category, event) {
-                if required {
+            match prog.attach(category, event).and_then(|id| prog.take_link(id)) {
+                Ok(link) => tracepoints.push(ProbeLink::Tracepoint(link)),
+                Err(source) if required => {
                     return Err(AttachError::Tracepoint { name: format!("{category}:{event}"), source });
                 }
-                warn!("optional tracepoint {category}:{event} not attached: {source}");
-                optional_failures.push(format!("{category}:{event}"));
+                Err(source) => {
+                    warn!("optional tracepoint {category}:{event} not attached: {source}");
+                    optional_failures.push(format!("{category}:{event}"));
+                }
             }
         }
         Ok(Probes {
@@ -232,7 +266,8 @@ impl Probes {
             probe_placement: true,
             rss: sizes.rss,
             page_faults: if sizes.rss { PageFaults::Attached } else { PageFaults::No },
-            retired: Vec::new(),
+            retired: tracepoints,
+            multi,
             placements: HashMap::new(),
             runtime_attached: Default::default(),
             runtime_placements: HashMap::new(),
@@ -249,10 +284,11 @@ impl Probes {
         }
         let result = program::<TracePoint>(&mut self.bpf, "page_fault_user").map_err(|e| e.to_string()).and_then(|p| {
             p.load().map_err(|e| e.to_string())?;
-            p.attach("exceptions", "page_fault_user").map(|_| ()).map_err(|e| e.to_string())
+            p.attach("exceptions", "page_fault_user").and_then(|id| p.take_link(id)).map_err(|e| e.to_string())
         });
         match result {
-            Ok(()) => {
+            Ok(link) => {
+                self.retired.push(ProbeLink::Tracepoint(link));
                 info!("page faults followed ({why})");
                 self.page_faults = PageFaults::Attached;
                 true
@@ -363,9 +399,23 @@ impl Probes {
                 plan.push((sym.name, prog, sym.file_offset));
             }
         }
-        for (func, prog_name, offset) in plan {
-            let object = e.path.clone().unwrap_or_default();
-            placed += usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object, func));
+        let object = e.path.clone().unwrap_or_default();
+        if self.multi {
+            // One link per program, in the plan's order.
+            let mut groups: Vec<(&'static str, Vec<(&str, u64)>)> = Vec::new();
+            for (func, prog_name, offset) in plan {
+                match groups.iter_mut().find(|g| g.0 == prog_name) {
+                    Some(g) => g.1.push((func, offset)),
+                    None => groups.push((prog_name, vec![(func, offset)])),
+                }
+            }
+            for (prog_name, probes) in groups {
+                placed += self.attach_multi(pid_nz, prog_name, &path, &probes, &object);
+            }
+        } else {
+            for (func, prog_name, offset) in plan {
+                placed += usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object.clone(), func));
+            }
         }
         if placed > 0 {
             let missing: Vec<&str> = ["malloc", "calloc", "realloc", "free"]
@@ -424,6 +474,79 @@ impl Probes {
         placed
     }
 
+    /// Attaches one program at several offsets of one object for one process, as one
+    /// uprobe_multi link, and records each probe (or the failure) for the summary. Returns the
+    /// number of probes placed.
+    fn attach_multi(
+        &mut self,
+        pid: std::num::NonZeroU32,
+        prog_name: &'static str,
+        path: &std::path::Path,
+        probes: &[(&str, u64)],
+        object: &str,
+    ) -> usize {
+        let offsets: Vec<u64> = probes.iter().map(|p| p.1).collect();
+        let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
+            let fd = prog.fd().map_err(|e| e.to_string())?;
+            let fd = std::os::fd::AsFd::as_fd(fd);
+            multi::attach(fd, path, &offsets, pid.get(), prog_name == RETURN_PROGRAM).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(link) => {
+                self.links.entry(pid.get()).or_default().push(ProbeLink::Multi(link));
+                for &(function, offset) in probes {
+                    self.record_placed(object, function, offset);
+                }
+                probes.len()
+            }
+            Err(err) => {
+                self.attach_failed(pid, prog_name, object, probes, err);
+                0
+            }
+        }
+    }
+
+    fn record_placed(&mut self, object: &str, function: &str, offset: u64) {
+        if !self.placed.iter().any(|x| x.object == object && x.function == function && x.offset == offset) {
+            self.placed.push(ProbeInfo {
+                object: object.into(),
+                function: function.into(),
+                offset,
+                attached: true,
+                error: None,
+            });
+        }
+    }
+
+    /// A failed attach: routine when the process has exited meanwhile (counted, not said one
+    /// by one), else a warning and a failure in the summary.
+    fn attach_failed(
+        &mut self,
+        pid: std::num::NonZeroU32,
+        prog_name: &str,
+        object: &str,
+        probes: &[(&str, u64)],
+        err: String,
+    ) {
+        let names: Vec<&str> = probes.iter().map(|p| p.0).collect();
+        if !crate::target::procs::pid_alive(pid.get()) {
+            self.attach_gone += probes.len() as u64;
+            debug!("{prog_name} not attached to {} in {object}: pid {pid} exited ({err})", names.join(", "));
+            return;
+        }
+        self.attach_failures += probes.len() as u64;
+        warn!("failed to attach {prog_name} to {} in {object} (pid {pid}): {err}", names.join(", "));
+        for &(function, offset) in probes {
+            self.placed.push(ProbeInfo {
+                object: object.into(),
+                function: function.into(),
+                offset,
+                attached: false,
+                error: Some(err.clone()),
+            });
+        }
+    }
+
     /// Attaches one uprobe program at a file offset for one process and records it (or its
     /// failure) for the summary. True when it was placed.
     fn attach_probe(
@@ -435,6 +558,9 @@ impl Probes {
         object: String,
         function: &str,
     ) -> bool {
+        if self.multi {
+            return self.attach_multi(pid, prog_name, path, &[(function, offset)], &object) == 1;
+        }
         let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
             let id = prog
                 .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, UProbeScope::OneProcess(pid))
@@ -443,23 +569,12 @@ impl Probes {
         });
         match result {
             Ok(link) => {
-                self.links.entry(pid.get()).or_default().push(link);
-                if !self.placed.iter().any(|x| x.object == object && x.function == function && x.offset == offset) {
-                    self.placed.push(ProbeInfo { object, function: function.into(), offset, attached: true, error: None });
-                }
+                self.links.entry(pid.get()).or_default().push(ProbeLink::Perf(link));
+                self.record_placed(&object, function, offset);
                 true
             }
-            Err(err) if !crate::target::procs::pid_alive(pid.get()) => {
-                // Routine: the process left before its probes were placed (a short-lived
-                // process); counted, not said one by one.
-                self.attach_gone += 1;
-                debug!("{prog_name} not attached to {function} in {object}: pid {pid} exited ({err})");
-                false
-            }
             Err(err) => {
-                self.attach_failures += 1;
-                warn!("failed to attach {prog_name} to {function} in {object} (pid {pid}): {err}");
-                self.placed.push(ProbeInfo { object, function: function.into(), offset, attached: false, error: Some(err) });
+                self.attach_failed(pid, prog_name, &object, &[(function, offset)], err);
                 false
             }
         }
@@ -501,25 +616,20 @@ impl Probes {
         }
     }
 
-    /// Links of exited processes, kept until the end.
-    pub fn retired_links(&self) -> usize {
-        self.retired.len()
-    }
-
     /// Detaches everything. Releasing a uprobe link waits for an RCU-tasks-trace grace period
     /// (0.1–0.5 s here), one link after another when done in one thread (thousands of links took
     /// minutes); released from many threads at once, the waits share grace periods. Returns the
     /// number of links and how long their release took.
     pub fn release(mut self) -> (usize, std::time::Duration) {
         let started = std::time::Instant::now();
-        let mut links: Vec<UProbeLink> = self.links.drain().flat_map(|(_, v)| v).collect();
+        let mut links: Vec<ProbeLink> = self.links.drain().flat_map(|(_, v)| v).collect();
         links.append(&mut self.retired);
         let n = links.len();
         let threads = n.clamp(1, RELEASE_THREADS);
         let per = n.div_ceil(threads);
         let mut handles = Vec::new();
         while !links.is_empty() {
-            let chunk: Vec<UProbeLink> = links.drain(..per.min(links.len())).collect();
+            let chunk: Vec<ProbeLink> = links.drain(..per.min(links.len())).collect();
             match std::thread::Builder::new().name("memprof-detach".into()).spawn(move || drop(chunk)) {
                 Ok(h) => handles.push(h),
                 Err(err) => warn!("failed to start a detach thread ({err}); detaching in this one"),

@@ -41,6 +41,7 @@ impl Session {
         }
         lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
         stats.insert("probes_skipped_process_exited".into(), self.probes.attach_gone);
+        stats.insert("short_lived_processes".into(), self.short_lived);
         lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
         let (usage, limit, rss) = self.memory_now();
         let split = crate::target::memory::rss_split(&self.alive_pids());
@@ -151,7 +152,7 @@ impl Session {
         info!("final snapshot and artifacts written {:.2} s after the end", self.ended.map_or(0.0, |t| t.elapsed().as_secs_f64()));
         println!("{}", output::render_summary(&report, self.config.top));
         if let Ok((links, took)) = detach.join() {
-            info!("{links} uprobe links released in {:.2} s", took.as_secs_f64());
+            info!("{links} probe links released in {:.2} s", took.as_secs_f64());
         }
         match written {
             Ok(dir) => {

@@ -152,6 +152,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             dwarf,
             unwind_rows: opt.unwind_rows,
             task_fsbase,
+            uprobe_multi: !opt.no_uprobe_multi,
         },
         probe_placement: !opt.no_probe_placement,
         runtimes_off,

@@ -6,6 +6,9 @@ use log::{info, warn};
 use super::session::{Session, Tracked};
 use crate::{output, target};
 
+/// Age at which a process that appeared in the target is probed (see [`Session::consider`]).
+pub(super) const ADOPT_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Session {
     /// Current processes of the target.
     pub(super) fn target_pids(&self) -> Vec<u32> {
@@ -19,9 +22,23 @@ impl Session {
     /// Adopts new processes (probes, memory map) and retires those that exited.
     pub(super) fn poll_processes(&mut self) {
         let pids = self.target_pids();
+        let initial = !self.polled;
+        self.polled = true;
         for &pid in &pids {
             if !self.is_tracked(pid) {
-                self.adopt(pid);
+                if initial {
+                    self.adopt(pid);
+                } else {
+                    self.consider(pid);
+                }
+            }
+        }
+        // Young processes that left before their probes: counted, nothing else.
+        let left: Vec<u32> = self.young.iter().copied().filter(|p| pids.binary_search(p).is_err()).collect();
+        for pid in left {
+            if !target::procs::pid_alive(pid) {
+                self.young.remove(&pid);
+                self.short_lived += 1;
             }
         }
         let gone: Vec<u32> = self
@@ -34,11 +51,11 @@ impl Session {
             // The kernel released everything the process held: not leaks.
             self.drain_events();
             let held = self.collector.retire_process(&mut self.probes.bpf, pid);
-            // Its probes stay attached (they are per-process perf events and never fire again)
+            // Its probes stay attached (they filter on the dead process and never fire again)
             // until memprof exits: on kernel 6.18, closing uprobe perf events and attaching new
             // ones at the same offsets shortly after was seen to leave the new ones disarmed
-            // (a process restarting in a container lost every allocation). The cost is ~20 file
-            // descriptors per exited process; see raise_fd_limit().
+            // (a process restarting in a container lost every allocation). The cost is ~11 file
+            // descriptors per exited process (short-lived ones get none); see raise_fd_limit().
             self.probes.forget_process(pid);
             self.runtimes.forget(&mut self.probes.bpf, pid);
             self.alloc_code.forget(pid);
@@ -51,6 +68,30 @@ impl Session {
                 p.freed_at_exit = Some(held);
             }
             info!("pid {pid} exited; {} it still held were released with it", output::human_bytes(held));
+        }
+    }
+
+    /// A process of the target not probed yet: probed once it is [`ADOPT_AFTER`] old (a process
+    /// can only leak while it lives, and most short-lived ones — health checks, `sh -c` — are
+    /// gone before that; probing them would cost links, file descriptors and symbol caches
+    /// for nothing). Younger ones wait for a later poll (every 200 ms).
+    pub(super) fn consider(&mut self, pid: u32) {
+        if self.is_tracked(pid) {
+            return;
+        }
+        match target::procs::age(pid) {
+            Some(age) if age >= ADOPT_AFTER => {
+                self.young.remove(&pid);
+                self.adopt(pid);
+            }
+            Some(_) => {
+                self.young.insert(pid);
+            }
+            None => {
+                if self.young.remove(&pid) {
+                    self.short_lived += 1;
+                }
+            }
         }
     }
 

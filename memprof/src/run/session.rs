@@ -2,7 +2,7 @@
 //! snapshots, OOM evidence.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -44,6 +44,13 @@ pub(super) struct Session {
     pub(super) collector: Collector,
     pub(super) symbolizer: Symbolizer,
     pub(super) processes: BTreeMap<u32, Tracked>,
+    /// Processes seen in the target but younger than [`ADOPT_AFTER`](super::processes::ADOPT_AFTER):
+    /// probed once they reach it (most short-lived processes never do).
+    pub(super) young: BTreeSet<u32>,
+    /// Processes seen that exited before they were probed.
+    pub(super) short_lived: u64,
+    /// The first poll (at attach) probes every process there, whatever its age.
+    pub(super) polled: bool,
     pub(super) frames: HashMap<StackRef, Vec<Frame>>,
     /// How each symbolized stack's walk ended (`STACK_*` flags; absent: frame-pointer walk).
     pub(super) stack_flags: HashMap<StackRef, u32>,
@@ -89,6 +96,9 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         collector,
         symbolizer: Symbolizer::new(),
         processes: BTreeMap::new(),
+        young: BTreeSet::new(),
+        short_lived: 0,
+        polled: false,
         frames: HashMap::new(),
         stack_flags: HashMap::new(),
         unwinder,
@@ -259,7 +269,7 @@ impl Session {
         let notices = self.collector.drain_events(&self.probes.bpf, &mut internal);
         for notice in notices {
             match notice {
-                Notice::Mapped(pid) if !self.is_tracked(pid) => self.adopt(pid),
+                Notice::Mapped(pid) if !self.is_tracked(pid) => self.consider(pid),
                 Notice::Mapped(_) => {}
                 Notice::Exec { pid, ts_ns } => {
                     if self.is_tracked(pid) {
@@ -280,7 +290,7 @@ impl Session {
                             p.comm = target::procs::comm(pid).unwrap_or_default();
                         }
                     } else {
-                        self.adopt(pid);
+                        self.consider(pid);
                     }
                 }
                 Notice::CodeMapped(pid) => {
@@ -291,7 +301,7 @@ impl Session {
                         self.alloc_code.refresh(pid);
                         self.observe_runtimes(pid, false);
                     } else {
-                        self.adopt(pid);
+                        self.consider(pid);
                     }
                 }
                 Notice::RangeReleased { pid, addr, len } => {

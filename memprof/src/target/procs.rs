@@ -13,6 +13,25 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
 }
 
+/// How long `pid` has existed (from its start time in /proc/PID/stat and /proc/uptime); None
+/// when it is gone or not alive.
+pub fn age(pid: u32) -> Option<std::time::Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if matches!(stat_state(&stat)?, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    let ticks = start_ticks(&stat)?;
+    let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(std::time::Duration::from_secs_f64((uptime - ticks as f64 / hz).max(0.0)))
+}
+
+/// Field 22 of /proc/PID/stat (`starttime`, clock ticks after boot).
+fn start_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The inode of `pid`'s executable (compared with its mappings' inodes).
 pub fn exe_inode(pid: u32) -> Option<u64> {
     fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
@@ -59,6 +78,15 @@ mod tests {
         assert_eq!(stat_state("42 (a) b (c)) S 1 42 42 0"), Some('S'));
         assert_eq!(stat_state("7 (x) Z 1 7"), Some('Z'));
         assert_eq!(stat_state("garbage"), None);
+    }
+
+    #[test]
+    fn start_time_and_age() {
+        let stat = "42 (a) b) S 1 42 42 0 -1 4194304 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 50";
+        assert_eq!(start_ticks(stat), Some(123456));
+        let mine = age(std::process::id()).expect("own age");
+        assert!(mine < std::time::Duration::from_secs(24 * 3600), "{mine:?}");
+        assert_eq!(age(0), None);
     }
 
     #[test]
