@@ -38,7 +38,7 @@ impl Session {
         for pid in left {
             if !target::procs::pid_alive(pid) {
                 self.young.remove(&pid);
-                self.short_lived += 1;
+                self.count_short_lived(pid);
             }
         }
         let gone: Vec<u32> = self
@@ -88,11 +88,27 @@ impl Session {
                 self.young.insert(pid);
             }
             None => {
-                if self.young.remove(&pid) {
-                    self.short_lived += 1;
-                }
+                // Gone before it was probed: counted once, and what its events left here goes.
+                self.young.remove(&pid);
+                self.count_short_lived(pid);
             }
         }
+    }
+
+    /// Counts a process that exited before it was probed (once, however many of its events
+    /// arrive afterwards) and drops the per-process state its mapping events created.
+    fn count_short_lived(&mut self, pid: u32) {
+        if self.recent_short.contains(&pid) {
+            return;
+        }
+        self.short_lived += 1;
+        self.recent_short.push_back(pid);
+        if self.recent_short.len() > 4096 {
+            self.recent_short.pop_front();
+        }
+        self.collector.mappings.forget(pid);
+        self.collector.discarded.forget(pid);
+        self.alloc_code.forget(pid);
     }
 
     pub(super) fn adopt(&mut self, pid: u32) {

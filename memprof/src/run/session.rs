@@ -49,6 +49,8 @@ pub(super) struct Session {
     pub(super) young: BTreeSet<u32>,
     /// Processes seen that exited before they were probed.
     pub(super) short_lived: u64,
+    /// The last of them (so that each is counted once).
+    pub(super) recent_short: std::collections::VecDeque<u32>,
     /// The first poll (at attach) probes every process there, whatever its age.
     pub(super) polled: bool,
     pub(super) frames: HashMap<StackRef, Vec<Frame>>,
@@ -98,6 +100,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         processes: BTreeMap::new(),
         young: BTreeSet::new(),
         short_lived: 0,
+        recent_short: Default::default(),
         polled: false,
         frames: HashMap::new(),
         stack_flags: HashMap::new(),
