@@ -606,13 +606,35 @@ impl Probes {
     }
 
     /// Forgets which objects an exited process had probes on, so a new process that reuses
-    /// its pid is probed afresh. The old links stay attached until the end (see `run/session.rs`:
-    /// detaching them early disarmed new probes); they filter on the dead task and never fire.
+    /// its pid is probed afresh. Its uprobe_multi links are released now, in the background (a
+    /// day of process churn then holds no file descriptors or kernel state for the dead). Perf
+    /// events stay attached until the end: on kernel 6.18, closing uprobe perf events and
+    /// attaching new ones at the same offsets shortly after left the new ones disarmed (see
+    /// `run/processes.rs`); they filter on the dead task and never fire.
     pub fn forget_process(&mut self, pid: u32) {
         self.attached.remove(&pid);
         self.runtime_attached.retain(|(p, _, _)| *p != pid);
-        if let Some(links) = self.links.remove(&pid) {
-            self.retired.extend(links);
+        let Some(links) = self.links.remove(&pid) else { return };
+        let (multi, perf): (Vec<ProbeLink>, Vec<ProbeLink>) =
+            links.into_iter().partition(|l| matches!(l, ProbeLink::Multi(_)));
+        self.retired.extend(perf);
+        if multi.is_empty() {
+            return;
+        }
+        if RELEASING.load(std::sync::atomic::Ordering::Relaxed) >= BACKGROUND_RELEASES {
+            // Many at once (a container stopping): the rest wait for the end.
+            self.retired.extend(multi);
+            return;
+        }
+        RELEASING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spawned = std::thread::Builder::new().name("memprof-release".into()).spawn(move || {
+            release_all(multi);
+            RELEASING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        if let Err(err) = spawned {
+            // The closure (and the links) were dropped, that is released, here.
+            RELEASING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            debug!("no thread to release pid {pid}'s links ({err}); released in this one");
         }
     }
 
@@ -624,19 +646,10 @@ impl Probes {
         let started = std::time::Instant::now();
         let mut links: Vec<ProbeLink> = self.links.drain().flat_map(|(_, v)| v).collect();
         links.append(&mut self.retired);
-        let n = links.len();
-        let threads = n.clamp(1, RELEASE_THREADS);
-        let per = n.div_ceil(threads);
-        let mut handles = Vec::new();
-        while !links.is_empty() {
-            let chunk: Vec<ProbeLink> = links.drain(..per.min(links.len())).collect();
-            match std::thread::Builder::new().name("memprof-detach".into()).spawn(move || drop(chunk)) {
-                Ok(h) => handles.push(h),
-                Err(err) => warn!("failed to start a detach thread ({err}); detaching in this one"),
-            }
-        }
-        for h in handles {
-            let _ = h.join();
+        let n = release_all(links);
+        // Background releases of exited processes' links still running: they end first.
+        while RELEASING.load(std::sync::atomic::Ordering::Relaxed) > 0 && started.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         drop(self.bpf);
         (n, started.elapsed())
@@ -655,6 +668,30 @@ impl Probes {
 
 /// Most threads releasing links at once (see [`Probes::release`]).
 const RELEASE_THREADS: usize = 256;
+
+/// Exited processes whose links are being released in the background, and the most at once.
+static RELEASING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const BACKGROUND_RELEASES: usize = 64;
+
+/// Drops `links` from up to [`RELEASE_THREADS`] threads at once (their grace periods overlap)
+/// and returns how many there were.
+fn release_all(mut links: Vec<ProbeLink>) -> usize {
+    let n = links.len();
+    let threads = n.clamp(1, RELEASE_THREADS);
+    let per = n.div_ceil(threads);
+    let mut handles = Vec::new();
+    while !links.is_empty() {
+        let chunk: Vec<ProbeLink> = links.drain(..per.min(links.len())).collect();
+        match std::thread::Builder::new().name("memprof-detach".into()).spawn(move || drop(chunk)) {
+            Ok(h) => handles.push(h),
+            Err(err) => warn!("failed to start a detach thread ({err}); detaching in this one"),
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    n
+}
 
 fn looks_like_libc(e: &MapEntry) -> bool {
     let name = e.path.as_deref().unwrap_or("").rsplit('/').next().unwrap_or("");

@@ -51,11 +51,12 @@ impl Session {
             // The kernel released everything the process held: not leaks.
             self.drain_events();
             let held = self.collector.retire_process(&mut self.probes.bpf, pid);
-            // Its probes stay attached (they filter on the dead process and never fire again)
-            // until memprof exits: on kernel 6.18, closing uprobe perf events and attaching new
-            // ones at the same offsets shortly after was seen to leave the new ones disarmed
-            // (a process restarting in a container lost every allocation). The cost is ~11 file
-            // descriptors per exited process (short-lived ones get none); see raise_fd_limit().
+            // Its uprobe_multi links are released in the background. Perf-event probes (older
+            // kernels, --no-uprobe-multi) stay attached (they filter on the dead process and
+            // never fire again) until memprof exits: on kernel 6.18, closing uprobe perf events
+            // and attaching new ones at the same offsets shortly after was seen to leave the new
+            // ones disarmed (a process restarting in a container lost every allocation). The
+            // cost there is ~17 file descriptors per exited process; see raise_fd_limit().
             self.probes.forget_process(pid);
             self.runtimes.forget(&mut self.probes.bpf, pid);
             self.alloc_code.forget(pid);
