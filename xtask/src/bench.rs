@@ -280,6 +280,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "bench/unwind_cost.sh failed: {}",
         String::from_utf8_lossy(&unwind_table.stderr)
     );
+    let exit_idle = exit_and_idle_sections(&root, &s.memprof)?;
     let python = crate::bench_python::sections(&s);
     let mut md = report(&s, &workloads, &results, &live, started.elapsed())?;
     md.push_str(&format!(
@@ -291,6 +292,7 @@ pub fn bench(quick: bool) -> Result<()> {
          stack's frames (with `--unwind fp`, a build without frame pointers yields 1).\n\n{}\n",
         String::from_utf8_lossy(&unwind_table.stdout).trim_end()
     ));
+    md.push_str(&exit_idle);
     md.push_str(&python);
     let path = root.join("BENCHMARKS.md");
     fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
@@ -1793,4 +1795,41 @@ pub(crate) mod serde_like {
             self.err("unterminated string")
         }
     }
+}
+
+/// The "Exit and process churn" and "Idle cost" sections: `bench/exit_churn.sh` (uprobe_multi
+/// links vs perf events: SIGINT to exit, fds, peak RSS, short-lived processes) and
+/// `bench/idle_cpu.sh` per mode.
+fn exit_and_idle_sections(root: &std::path::Path, memprof: &std::path::Path) -> Result<String> {
+    let run = |script: &str, args: &[&str]| -> Result<String> {
+        eprintln!("xtask: bench: bench/{script} {}", args.join(" "));
+        let out = Command::new("bash")
+            .arg(root.join("bench").join(script))
+            .arg(memprof)
+            .args(args)
+            .output()
+            .with_context(|| format!("running bench/{script}"))?;
+        ensure!(out.status.success(), "bench/{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    };
+    let exit_table = run("exit_churn.sh", &[])?;
+    let mut idle = Vec::new();
+    for opts in [&[][..], &["--mode", "rss"][..], &["--sample-bytes", "524288"][..]] {
+        idle.push(run("idle_cpu.sh", opts)?);
+    }
+    Ok(format!(
+        "\n## Exit and process churn\n\n`bash bench/exit_churn.sh MEMPROF` (run by `cargo xtask bench`). \
+         SIGINT → exit is the time from the signal to memprof's exit with every artifact written; \
+         fds and peak RSS are memprof's own, read just before the signal. idle-N: N sleeping \
+         processes probed (glibc: 11 uprobe_multi links or 17 perf events each, plus the \
+         tracepoints); churn-10k: one sleeping process while 10,000 short-lived processes \
+         (`/bin/true` from a shell loop) came and went in the cgroup. Goals (issue 13): ≤ 1 s for \
+         a normal run, ≤ 2 s after 10,000 processes came and went. Perf-event uprobes \
+         (`--no-uprobe-multi`, the path for kernels before 6.6) are released one at a time by the \
+         kernel (an RCU-tasks-trace grace period each), however many threads close them.\n\n{exit_table}\n\
+         \n### Idle cost\n\n`bash bench/idle_cpu.sh MEMPROF [options]`: memprof's own CPU over \
+         20 s while its target (one sleeping process in a cgroup) does nothing.\n\n\
+         | options | memprof CPU |\n|---|---|\n{}\n",
+        idle.join("\n")
+    ))
 }
