@@ -13,6 +13,7 @@
 pub mod alloc_code;
 pub mod elf;
 pub mod entry_placement;
+mod links;
 pub mod multi;
 pub mod placement;
 
@@ -20,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeLink, uprobe::UProbeScope},
+    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
 };
 use log::{debug, info, warn};
 use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNWIND_DWARF, UNWIND_FP};
@@ -31,6 +32,7 @@ use crate::{
     target::maps::{self, MapEntry},
 };
 use elf::{AllocSymbol, ElfInfo, scan_allocator_symbols};
+use links::ProbeLink;
 use placement::Placement;
 
 /// The compiled kernel side, built by build.rs with aya-build.
@@ -64,16 +66,6 @@ pub struct MapSizes {
     pub task_fsbase: u64,
     /// Use uprobe_multi links where the kernel has them (else one perf event per probe).
     pub uprobe_multi: bool,
-}
-
-/// One attached uprobe link: a perf event (one probe) or a uprobe_multi link (one program at
-/// several offsets of one object).
-#[derive(Debug)]
-enum ProbeLink {
-    Perf(#[allow(dead_code)] UProbeLink),
-    Multi(#[allow(dead_code)] multi::MultiLink),
-    /// A tracepoint's (kept with the rest so that all are released concurrently).
-    Tracepoint(#[allow(dead_code)] aya::programs::trace_point::TracePointLink),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -618,23 +610,8 @@ impl Probes {
         let (multi, perf): (Vec<ProbeLink>, Vec<ProbeLink>) =
             links.into_iter().partition(|l| matches!(l, ProbeLink::Multi(_)));
         self.retired.extend(perf);
-        if multi.is_empty() {
-            return;
-        }
-        if RELEASING.load(std::sync::atomic::Ordering::Relaxed) >= BACKGROUND_RELEASES {
-            // Many at once (a container stopping): the rest wait for the end.
-            self.retired.extend(multi);
-            return;
-        }
-        RELEASING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spawned = std::thread::Builder::new().name("memprof-release".into()).spawn(move || {
-            release_all(multi);
-            RELEASING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
-        if let Err(err) = spawned {
-            // The closure (and the links) were dropped, that is released, here.
-            RELEASING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            debug!("no thread to release pid {pid}'s links ({err}); released in this one");
+        if let Err(kept) = links::release_in_background(multi) {
+            self.retired.extend(kept);
         }
     }
 
@@ -646,11 +623,8 @@ impl Probes {
         let started = std::time::Instant::now();
         let mut links: Vec<ProbeLink> = self.links.drain().flat_map(|(_, v)| v).collect();
         links.append(&mut self.retired);
-        let n = release_all(links);
-        // Background releases of exited processes' links still running: they end first.
-        while RELEASING.load(std::sync::atomic::Ordering::Relaxed) > 0 && started.elapsed().as_secs() < 10 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let n = links::release_all(links);
+        links::await_background(std::time::Duration::from_secs(10));
         drop(self.bpf);
         (n, started.elapsed())
     }
@@ -666,32 +640,6 @@ impl Probes {
     }
 }
 
-/// Most threads releasing links at once (see [`Probes::release`]).
-const RELEASE_THREADS: usize = 256;
-
-/// Exited processes whose links are being released in the background, and the most at once.
-static RELEASING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-const BACKGROUND_RELEASES: usize = 64;
-
-/// Drops `links` from up to [`RELEASE_THREADS`] threads at once (their grace periods overlap)
-/// and returns how many there were.
-fn release_all(mut links: Vec<ProbeLink>) -> usize {
-    let n = links.len();
-    let threads = n.clamp(1, RELEASE_THREADS);
-    let per = n.div_ceil(threads);
-    let mut handles = Vec::new();
-    while !links.is_empty() {
-        let chunk: Vec<ProbeLink> = links.drain(..per.min(links.len())).collect();
-        match std::thread::Builder::new().name("memprof-detach".into()).spawn(move || drop(chunk)) {
-            Ok(h) => handles.push(h),
-            Err(err) => warn!("failed to start a detach thread ({err}); detaching in this one"),
-        }
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    n
-}
 
 fn looks_like_libc(e: &MapEntry) -> bool {
     let name = e.path.as_deref().unwrap_or("").rsplit('/').next().unwrap_or("");

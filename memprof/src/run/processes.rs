@@ -119,7 +119,12 @@ impl Session {
         self.load_unwind(pid);
         let n = self.probes.attach_process(pid);
         if n == 0 && !self.config.sizes.rss {
-            warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
+            if target::procs::pid_alive(pid) {
+                warn!("pid {pid} ({comm}): no allocator functions found in the objects it maps");
+            } else {
+                // Gone while being probed (routine: a short-lived process there at the start).
+                log::debug!("pid {pid} exited while it was being probed");
+            }
         }
         self.observe_runtimes(pid, true);
         self.processes.insert(pid, Tracked { comm, alive: true, freed_at_exit: None });
