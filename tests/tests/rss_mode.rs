@@ -26,3 +26,25 @@ fn resident_pages_by_first_toucher() {
     let churn = site_bytes(&p.summary, "churn_touch");
     assert!(churn <= 128 * 1024, "churn_touch holds {churn} B: its block is faulted in once");
 }
+
+/// Short-lived processes beside the fixture (Python, each filling 4 MiB) that exit at once: in rss mode the
+/// kernel records every process's pages from its first fault, so those pages must leave with
+/// their process — nothing of theirs is left among the stacks at the end.
+#[test]
+fn short_lived_processes_leave_no_pages() {
+    require_root();
+    let cg = TestCgroup::new();
+    let mut fx = Fixture::start("toucher", &[], Some(&cg));
+    let mut churn = std::process::Command::new("sh");
+    churn.args(["-c", "while :; do python3 -c 'x = b\"x\" * (4 << 20)'; sleep 0.5; done"]);
+    let _churn = Child::spawn(&mut churn, Some(&cg)).expect("start the churning shell");
+    let p = profile_fixture(&mut fx, &["--cgroup".into(), cg.name(), "--mode".into(), "rss".into()], "rss-short-lived");
+    let pid = p.truth.pid as u64;
+    let others: Vec<String> = stacks(&p.summary)
+        .iter()
+        .filter(|s| s["bytes"].as_u64().unwrap_or(0) >= 1 << 20)
+        .filter(|s| !s["pids"].as_array().is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(pid))))
+        .map(|s| format!("{} B in pids {}: {}", s["bytes"], s["pids"], frames(s).join(";")))
+        .collect();
+    assert!(others.is_empty(), "pages of exited processes kept:\n{}", others.join("\n"));
+}

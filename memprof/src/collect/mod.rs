@@ -321,16 +321,26 @@ impl Collector {
         bytes
     }
 
-    /// Retires a process that exited: the kernel released its memory, so its records leave the
-    /// live view. Returns the bytes it still held.
-    pub fn retire_process(&mut self, bpf: &mut Ebpf, pid: u32) -> u64 {
-        let mut held = self.mappings.forget(pid);
-        self.discarded.forget(pid);
-        let released: u64 = self.released.iter().filter(|((p, _, _), _)| *p == pid).map(|(_, v)| v.0).sum();
-        self.released.retain(|(p, _, _), _| *p != pid);
+    /// Retires processes that exited: the kernel released their memory, so their records leave
+    /// the live view. One pass over the kernel maps for all of them (a pass costs a syscall per
+    /// record; processes come and go by the dozen in a busy container). Returns the bytes each
+    /// still held.
+    pub fn retire_processes(&mut self, bpf: &mut Ebpf, pids: &[u32]) -> BTreeMap<u32, u64> {
+        let gone: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+        let mut held: BTreeMap<u32, u64> = BTreeMap::new();
+        for &pid in &gone {
+            held.insert(pid, self.mappings.forget(pid));
+            self.discarded.forget(pid);
+        }
+        let mut released: BTreeMap<u32, u64> = BTreeMap::new();
+        for ((p, _, _), v) in self.released.iter().filter(|((p, _, _), _)| gone.contains(p)) {
+            *released.entry(*p).or_default() += v.0;
+        }
+        self.released.retain(|(p, _, _), _| !gone.contains(p));
         if let Some(map) = bpf.map_mut("ALLOCS") {
             if let Ok(mut allocs) = BpfHashMap::<_, AllocKey, memprof_common::AllocInfo>::try_from(map) {
-                let keys: Vec<AllocKey> = allocs.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+                let keys: Vec<AllocKey> =
+                    allocs.keys().filter_map(Result::ok).filter(|k| gone.contains(&k.tgid)).collect();
                 for k in keys {
                     let _ = allocs.remove(&k);
                 }
@@ -339,12 +349,16 @@ impl Collector {
         if let Some(map) = bpf.map_mut("STACK_TOTALS") {
             if let Ok(mut totals) = BpfHashMap::<_, StackKey, StackTotals>::try_from(map) {
                 let entries: Vec<(StackKey, StackTotals)> =
-                    totals.iter().filter_map(Result::ok).filter(|(k, _)| k.tgid == pid).collect();
+                    totals.iter().filter_map(Result::ok).filter(|(k, _)| gone.contains(&k.tgid)).collect();
+                let mut live: BTreeMap<u32, u64> = BTreeMap::new();
                 for (k, v) in entries {
-                    held += v.live_bytes.max(0) as u64;
+                    *live.entry(k.tgid).or_default() += v.live_bytes.max(0) as u64;
                     let _ = totals.remove(&k);
                 }
-                held = held.saturating_sub(released);
+                for (pid, bytes) in live {
+                    let r = released.get(&pid).copied().unwrap_or(0);
+                    *held.entry(pid).or_default() += bytes.saturating_sub(r);
+                }
             }
         }
         held

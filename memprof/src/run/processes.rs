@@ -47,10 +47,14 @@ impl Session {
             .filter(|(pid, p)| p.alive && pids.binary_search(pid).is_err() && !target::procs::pid_alive(**pid))
             .map(|(pid, _)| *pid)
             .collect();
+        if gone.is_empty() {
+            return;
+        }
+        // The kernel released everything the processes held: not leaks.
+        self.drain_events();
+        let held_by = self.collector.retire_processes(&mut self.probes.bpf, &gone);
         for pid in gone {
-            // The kernel released everything the process held: not leaks.
-            self.drain_events();
-            let held = self.collector.retire_process(&mut self.probes.bpf, pid);
+            let held = held_by.get(&pid).copied().unwrap_or(0);
             // Its uprobe_multi links are released in the background. Perf-event probes (older
             // kernels, --no-uprobe-multi) stay attached (they filter on the dead process and
             // never fire again) until memprof exits: on kernel 6.18, closing uprobe perf events
@@ -75,9 +79,17 @@ impl Session {
     /// A process of the target not probed yet: probed once it is [`ADOPT_AFTER`] old (a process
     /// can only leak while it lives, and most short-lived ones — health checks, `sh -c` — are
     /// gone before that; probing them would cost links, file descriptors and symbol caches
-    /// for nothing). Younger ones wait for a later poll (every 200 ms).
+    /// for nothing). Younger ones wait for a later poll (every 200 ms). In `--mode rss` every
+    /// process is adopted at once (the kernel records its pages anyway).
     pub(super) fn consider(&mut self, pid: u32) {
         if self.is_tracked(pid) {
+            return;
+        }
+        if self.config.sizes.rss {
+            // `--mode rss` records the pages of every process in scope from its first fault,
+            // probed or not (no probes to spare): each is adopted at once, so that its pages
+            // are retired when it exits.
+            self.adopt(pid);
             return;
         }
         match target::procs::age(pid) {
