@@ -143,11 +143,18 @@ pub fn weight(size: u64, mean: u64) -> u64 {
     }
     // x = size / mean in units of 1/256, interpolated between table entries.
     let scaled = size * 256;
-    let i = (scaled / mean) as usize;
+    let i = scaled / mean;
+    // The bound is checked on a value read back from memory: where `size` is a constant (a
+    // page, in the page-fault program) the compiler proved `i < 256` from `size < mean` and
+    // dropped the check, and the BPF verifier, which cannot follow the division, refused the
+    // table lookup ("math between map_value pointer and register with unbounded min value").
+    // SAFETY: a read of a local.
+    let i = unsafe { core::ptr::read_volatile(&i) };
     let frac = scaled % mean;
     if i >= 256 {
         return size;
     }
+    let i = i as usize;
     let lo = WEIGHT_Q16[i] as u64;
     let hi = WEIGHT_Q16[i + 1] as u64;
     let f = lo + (hi - lo) * frac / mean;

@@ -398,6 +398,24 @@ fn python_sampled() {
     assert!(summary["stats"]["unsampled"].as_u64().unwrap_or(0) > 0);
 }
 
+/// Sampling on an optimised build, whose small objects are counted by arena page: the
+/// page-fault program (which samples pages like allocations) loads and follows the arenas.
+/// Its sampling arithmetic was once refused by the verifier there, leaving arenas uncounted.
+#[test]
+fn python_sampled_arena_pages() {
+    require_root();
+    let cg = TestCgroup::new();
+    let mut fx = PyTarget::HostStatic.start_with("leaky.py", &["--threads", "2", "--scale", "4"], &PyOptions { cgroup: Some(&cg), ..Default::default() });
+    let (truth, summary, stderr) = profile(&mut fx, Some(&cg), &["--sample-bytes", "4096"], "python-sampled-pages");
+    assert_eq!(summary["lost"]["optional_tracepoints_missing"].as_u64(), Some(0), "{stderr}");
+    assert!(stderr.contains("page faults followed"), "{stderr}");
+    assert!(summary["runtimes"]["python_arenas_paged"].as_u64().unwrap_or(0) > 0, "{}", summary["runtimes"]);
+    let expected = truth.truth.sites["leak_small"];
+    let measured = bytes_of(&site_stacks(&summary, &truth, "leak_small"));
+    say(&format!("sampled arena pages leak_small: {expected} B, estimated {measured} B ({:+.1} %)", error_pct(expected, measured)));
+    assert!(error_pct(expected, measured).abs() <= 15.0, "leak_small: {expected} B vs {measured} B");
+}
+
 /// `--no-python`: the interpreter's own frames only, no probes on its object allocator.
 #[test]
 fn python_off_with_no_python() {
