@@ -174,9 +174,9 @@ impl Collector {
                     notices.push(Notice::Mapped(ev.tgid));
                     let st = self.stack(bpf, stack_id);
                     let mut ips = st.ips;
-                    // The wrapper's caller, where a frame-pointer walk may have skipped it (a CFI
-                    // walk without frame pointers used has every frame).
-                    let fp_walked = st.flags.is_none_or(|f| f & STACK_USED_FP != 0);
+                    // The wrapper's caller, where a frame-pointer walk may have skipped it or the
+                    // walk stopped at the wrapper (a whole CFI walk has every frame).
+                    let fp_walked = st.flags.is_none_or(|f| f & (STACK_USED_FP | STACK_TRUNCATED) != 0);
                     if fp_walked && ev.leaf_ret != 0 && !ips.is_empty() && ips.get(1) != Some(&ev.leaf_ret) {
                         ips.insert(1, ev.leaf_ret);
                     }

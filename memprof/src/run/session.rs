@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use log::{info, warn};
 use memprof_common::{
     LEAF_PREPEND,
-    unwind::{STACK_FIRST_EXACT, STACK_USED_FP},
+    unwind::{STACK_FIRST_EXACT, STACK_TRUNCATED, STACK_USED_FP},
 };
 
 use super::{Config, Failure, finish::class_name, title};
@@ -486,7 +486,7 @@ impl Session {
         if let Some(flags) = st.flags {
             // A CFI walk: every address is a real frame. A process walked before its tables were
             // loaded lost the syscall wrapper's caller, kept beside the stack.
-            if flags & STACK_USED_FP != 0
+            if flags & (STACK_USED_FP | STACK_TRUNCATED) != 0
                 && r.leaf_ret != 0
                 && ips.get(1) != Some(&r.leaf_ret)
                 && self.symbolizer.is_return_address(r.pid, r.leaf_ret)
