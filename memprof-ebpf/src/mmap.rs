@@ -253,17 +253,24 @@ pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_mprotect(ctx: TracePointContext) -> u32 {
-    let Some(args) = take(MemEventKind::Mprotect) else { return 0 };
-    if arg(&ctx, 0) != 0 {
+    exit_quietly(&ctx, MemEventKind::Mprotect)
+}
+
+/// The exit of a saved mprotect or madvise: on success, its range (and mprotect's `prot`, saved
+/// as `new_len`) goes to userspace. Loaders and JITs call them often, and nothing waits on them:
+/// no wakeup of their own.
+#[inline(always)]
+fn exit_quietly(ctx: &TracePointContext, kind: MemEventKind) -> u32 {
+    let Some(args) = take(kind) else { return 0 };
+    if arg(ctx, 0) != 0 {
         return 0;
     }
-    // Loaders and JITs call mprotect often, and nothing waits on it: no wakeup of its own.
     emit_with(
         MemEvent {
             addr: args.addr,
             len: page_round(args.len),
             new_addr: args.new_len,
-            ..event(MemEventKind::Mprotect, (current() >> 32) as u32)
+            ..event(kind, (current() >> 32) as u32)
         },
         RB_NO_WAKEUP,
     );
@@ -278,15 +285,7 @@ pub fn madvise_entered(addr: u64, len: u64) {
 
 #[tracepoint]
 pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
-    let Some(args) = take(MemEventKind::Madvise) else { return 0 };
-    if arg(&ctx, 0) != 0 {
-        return 0;
-    }
-    emit_with(
-        MemEvent { addr: args.addr, len: page_round(args.len), ..event(MemEventKind::Madvise, (current() >> 32) as u32) },
-        RB_NO_WAKEUP,
-    );
-    0
+    exit_quietly(&ctx, MemEventKind::Madvise)
 }
 
 #[tracepoint]
