@@ -166,6 +166,11 @@ pub const INFLIGHT_RECORDED: u32 = u32::MAX;
 /// still followed, so nested calls, the allocator's own mmaps and realloc's release of the old
 /// block are still handled).
 pub const INFLIGHT_UNSAMPLED: u32 = 1 << 31;
+/// Flag in [`InFlight::kind`] (with uprobe sessions): an unsampled call whose return is not
+/// followed (its entry told the kernel to skip the return program). `aux` then holds the
+/// call's return address and `size` the probed function's address: the record stands for a call in progress only while that address
+/// is still in its stack slot and the call is young (see the kernel side's `alloc.rs`).
+pub const INFLIGHT_NO_RETURN: u32 = 1 << 30;
 
 /// Arguments of an mmap/munmap/mremap syscall, saved at `sys_enter` for `sys_exit`.
 #[repr(C)]

@@ -10,19 +10,22 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_prandom_u32},
-    macros::{uprobe, uretprobe},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_get_func_ip, bpf_get_prandom_u32},
+    },
+    macros::uretprobe,
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use memprof_common::{
-    AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_RECORDED, INFLIGHT_UNSAMPLED, InFlight,
+    AllocInfo, AllocKey, AllocKind, Counter, INFLIGHT_NO_RETURN, INFLIGHT_RECORDED, INFLIGHT_UNSAMPLED, InFlight,
     LEAF_PREPEND, StackKey, StackTotals, sampling,
 };
 
 use crate::{
     free::free_block,
     maps::{ALLOCS, INFLIGHT, SAMPLE_COUNTDOWN, STACK_TOTALS, STACKS, atomic_add, count},
-    scope::{current, dwarf_unwind, in_scope, sample_bytes},
+    scope::{current, dwarf_unwind, in_scope, sample_bytes, sessions},
     unwind::{Regs, unwind},
 };
 
@@ -43,21 +46,72 @@ fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// Returns at most this long after its entry are what an unfollowed call (see
+/// [`INFLIGHT_NO_RETURN`]) may still be in: nested allocator calls (musl's calloc → malloc,
+/// pymalloc → malloc for large objects) and an allocator's own mmaps come within microseconds.
+const NO_RETURN_WINDOW_NS: u64 = 200_000;
+
+/// Whether an unfollowed call's record still stands for a call in progress, seen from a later
+/// event of the same thread at user stack pointer `sp`: the event runs deeper on the stack,
+/// within [`NO_RETURN_WINDOW_NS`] of the call's entry, and the call's return address is still
+/// in its slot.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(), i64> {
+pub(crate) fn unfollowed_in_progress(call: &InFlight, sp: u64, now_ns: u64) -> bool {
+    sp < call.sp && unfollowed_may_run(call, now_ns)
+}
+
+/// An unfollowed call is young and its return address still in its slot — or the uretprobe
+/// trampoline: the kernel hijacks the return address after the entry programs ran whenever
+/// any other consumer of the probe wants the return, and a session link filtered on another
+/// process always does (`uprobe_prog_run` returns 0 for it, "run the return": kernel 6.18).
+#[inline(always)]
+fn unfollowed_may_run(call: &InFlight, now_ns: u64) -> bool {
+    now_ns.wrapping_sub(call.ts_ns) < NO_RETURN_WINDOW_NS
+        && unsafe { bpf_probe_read_user(call.sp as *const u64) }
+            .is_ok_and(|slot| slot == call.aux || is_uretprobe_trampoline(slot))
+}
+
+/// The x86-64 uretprobe trampoline: the kernel maps it as high as it can, one page below the
+/// top of the user address space (4- or 5-level page tables).
+#[inline(always)]
+fn is_uretprobe_trampoline(addr: u64) -> bool {
+    addr == 0x7fff_ffff_e000 || addr == 0xff_ffff_ffff_e000
+}
+
+/// The entry of an allocation function. Returns whether its return must be seen: always
+/// without sessions; with them, not for nested calls, nor for unsampled calls that have nothing
+/// to do at their return (an unsampled realloc still releases the old block there).
+#[inline(always)]
+fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> bool {
     let id = current();
     if !in_scope(id) {
-        return Ok(());
+        return false;
     }
     let sp = user_sp(ctx);
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     let mut extra_returns = 0;
     let mut decided = None;
-    if let Some(outer) = unsafe { INFLIGHT.get(id) } {
-        if sp < outer.sp {
+    if let Some(outer) = unsafe { INFLIGHT.get(id) }.copied() {
+        if outer.kind != INFLIGHT_RECORDED && outer.kind & INFLIGHT_NO_RETURN != 0 {
+            // An unfollowed unsampled call: nested inside it, tail-called from it (the same
+            // stack slot and return address, another function: glibc's reallocarray → realloc;
+            // the same function from there is the next call of a loop), or it has returned
+            // (replaced below).
+            if unfollowed_in_progress(&outer, sp, ts_ns) {
+                count(Counter::Nested);
+                return false;
+            }
+            if sp == outer.sp
+                && outer.size != user_ip(ctx)
+                && unfollowed_may_run(&outer, ts_ns)
+            {
+                count(Counter::TailCalls);
+                return false;
+            }
+        } else if sp < outer.sp {
             count(Counter::Nested);
-            return Ok(());
-        }
-        if sp == outer.sp && outer.kind != INFLIGHT_RECORDED {
+            return false;
+        } else if sp == outer.sp && outer.kind != INFLIGHT_RECORDED {
             // A tail call (jmp) from the outer allocator function into this one: both return
             // probes will fire at the same return; the callee's arguments describe the block.
             count(Counter::TailCalls);
@@ -69,18 +123,55 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> Result<(),
         }
     }
     let sampled = decided.unwrap_or_else(|| sample(id, size));
-    let call = InFlight {
-        size,
-        aux,
-        sp,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind: if sampled { kind as u32 } else { kind as u32 | INFLIGHT_UNSAMPLED },
-        extra_returns,
+    let releases_old = matches!(kind, AllocKind::Realloc | AllocKind::Reallocarray | AllocKind::PyRealloc) && aux != 0;
+    let call = if !sampled && !releases_old && extra_returns == 0 && sessions() {
+        // Nothing to do at the return: the session skips it (one trap instead of two). The
+        // record stays for nested calls and the allocator's own mmaps (see
+        // `unfollowed_in_progress`).
+        let ret = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+        InFlight {
+            // (The function's entry, to tell a tail call from the next call.)
+            size: user_ip(ctx),
+            aux: ret,
+            sp,
+            ts_ns,
+            kind: kind as u32 | INFLIGHT_UNSAMPLED | INFLIGHT_NO_RETURN,
+            extra_returns: 0,
+        }
+    } else {
+        InFlight {
+            size,
+            aux,
+            sp,
+            ts_ns,
+            kind: if sampled { kind as u32 } else { kind as u32 | INFLIGHT_UNSAMPLED },
+            extra_returns,
+        }
     };
+    let follow = call.kind & INFLIGHT_NO_RETURN == 0;
     if INFLIGHT.insert(id, call, 0).is_err() {
         count(Counter::InFlightMapFull);
+        return false;
     }
-    Ok(())
+    follow
+}
+
+/// Runs an entry program: without sessions, the entry; with them, the entry or (when the
+/// entry returned 0) the return. The value tells a session whether to run the return (0) or
+/// not (1).
+#[inline(always)]
+fn entry_or_return(ctx: &ProbeContext, kind: AllocKind, size: impl FnOnce() -> u64, aux: impl FnOnce() -> u64) -> u32 {
+    if !sessions() {
+        enter(ctx, kind, size(), aux());
+        return 0;
+    }
+    // At the return the registers are the caller's after `ret`: the instruction pointer is the
+    // return address, not the probed function's entry.
+    if unsafe { bpf_get_func_ip(ctx.as_ptr()) } != user_ip(ctx) {
+        let _ = try_alloc_return(ctx);
+        return 0;
+    }
+    if enter(ctx, kind, size(), aux()) { 0 } else { 1 }
 }
 
 /// With `--sample-bytes N`: whether this allocation is recorded (a per-thread countdown of
@@ -112,84 +203,39 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-#[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::Malloc, arg(&ctx, 0), 0);
-    0
+/// An allocation entry program. Written out rather than with `#[uprobe]`, whose wrapper
+/// returns 0 whatever the function returns: a session reads the value (0: run the return).
+macro_rules! alloc_entry {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, |$ctx:ident| $size:expr, $aux:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "uprobe")]
+        pub fn $name(ctx: *mut core::ffi::c_void) -> u32 {
+            let $ctx = ProbeContext::new(ctx);
+            entry_or_return(&$ctx, $kind, || $size, || $aux)
+        }
+    };
 }
 
-#[uprobe]
-pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
-    let _ = enter(&ctx, AllocKind::Calloc, size, 0);
-    0
-}
-
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::Realloc, arg(&ctx, 1), arg(&ctx, 0));
-    0
-}
-
-#[uprobe]
-pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
-    let _ = enter(&ctx, AllocKind::Reallocarray, size, arg(&ctx, 0));
-    0
-}
-
-#[uprobe]
-pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0));
-    0
-}
-
-#[uprobe]
-pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::AlignedAlloc, arg(&ctx, 1), 0);
-    0
-}
-
-#[uprobe]
-pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::Memalign, arg(&ctx, 1), 0);
-    0
-}
-
-#[uprobe]
-pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::Valloc, arg(&ctx, 0), 0);
-    0
-}
-
-#[uprobe]
-pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    // pvalloc rounds the size up to a whole number of pages.
-    let size = (arg(&ctx, 0) + 4095) & !4095;
-    let _ = enter(&ctx, AllocKind::Pvalloc, size, 0);
-    0
-}
-
-/// CPython's object allocator, `_PyObject_Malloc(void *ctx, size_t n)`: the functions the
-/// `PyObject_*`/`PyMem_*` domains point at take a context first.
-#[uprobe]
-pub fn pymalloc_malloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::PyMalloc, arg(&ctx, 1), 0);
-    0
-}
-
-#[uprobe]
-pub fn pymalloc_calloc_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
-    let _ = enter(&ctx, AllocKind::PyCalloc, size, 0);
-    0
-}
-
-#[uprobe]
-pub fn pymalloc_realloc_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, AllocKind::PyRealloc, arg(&ctx, 2), arg(&ctx, 1));
-    0
-}
+alloc_entry!(malloc_enter, AllocKind::Malloc, |ctx| arg(&ctx, 0), 0);
+alloc_entry!(calloc_enter, AllocKind::Calloc, |ctx| arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0);
+alloc_entry!(realloc_enter, AllocKind::Realloc, |ctx| arg(&ctx, 1), arg(&ctx, 0));
+alloc_entry!(reallocarray_enter, AllocKind::Reallocarray, |ctx| arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0));
+alloc_entry!(posix_memalign_enter, AllocKind::PosixMemalign, |ctx| arg(&ctx, 2), arg(&ctx, 0));
+alloc_entry!(aligned_alloc_enter, AllocKind::AlignedAlloc, |ctx| arg(&ctx, 1), 0);
+alloc_entry!(memalign_enter, AllocKind::Memalign, |ctx| arg(&ctx, 1), 0);
+alloc_entry!(valloc_enter, AllocKind::Valloc, |ctx| arg(&ctx, 0), 0);
+alloc_entry!(
+    /// pvalloc rounds the size up to a whole number of pages.
+    pvalloc_enter, AllocKind::Pvalloc, |ctx| (arg(&ctx, 0) + 4095) & !4095, 0
+);
+alloc_entry!(
+    /// CPython's object allocator, `_PyObject_Malloc(void *ctx, size_t n)`: the functions the
+    /// `PyObject_*`/`PyMem_*` domains point at take a context first.
+    pymalloc_malloc_enter, AllocKind::PyMalloc, |ctx| arg(&ctx, 1), 0
+);
+alloc_entry!(pymalloc_calloc_enter, AllocKind::PyCalloc, |ctx| arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), 0);
+alloc_entry!(pymalloc_realloc_enter, AllocKind::PyRealloc, |ctx| arg(&ctx, 2), arg(&ctx, 1));
 
 /// One return probe serves every allocation function; the in-flight record says which.
 #[uretprobe]
@@ -199,7 +245,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
+fn try_alloc_return<C: StackIdContext>(ctx: &C) -> Result<(), i64> {
     let id = current();
     if !in_scope(id) {
         return Ok(());
@@ -227,12 +273,13 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
     } else {
         let _ = INFLIGHT.remove(id);
     }
-    if call.kind == INFLIGHT_RECORDED {
+    if call.kind == INFLIGHT_RECORDED || call.kind & INFLIGHT_NO_RETURN != 0 {
+        // (An unfollowed call's record: this return is another call's, which it replaced.)
         return Ok(());
     }
     let unsampled = call.kind & INFLIGHT_UNSAMPLED != 0;
     let tgid = (id >> 32) as u32;
-    let ret: u64 = ctx.ret();
+    let ret = unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rax };
     let kind = AllocKind::from_u32(call.kind & !INFLIGHT_UNSAMPLED).unwrap_or(AllocKind::Malloc);
     let addr = match kind {
         AllocKind::PosixMemalign => {
@@ -275,7 +322,7 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
         let regs = Regs::from_pt_regs(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs);
         (unwind(tgid, regs, false), 0)
     } else {
-        fp_stack(&ctx)
+        fp_stack(ctx)
     };
     record(tgid, addr, call.size, call.ts_ns, stack_id, leaf_ret, kind);
     Ok(())
@@ -283,7 +330,7 @@ fn try_alloc_return(ctx: &RetProbeContext) -> Result<(), i64> {
 
 /// The frame-pointer walk (`--unwind fp`), with hash-collision recovery.
 #[inline(always)]
-fn fp_stack(ctx: &RetProbeContext) -> (u32, u64) {
+fn fp_stack<C: StackIdContext>(ctx: &C) -> (u32, u64) {
     match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => (id as u32, 0),
         Err(e) if e == -EEXIST => {

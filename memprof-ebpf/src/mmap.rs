@@ -14,10 +14,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use memprof_common::{Counter, MemEvent, MemEventKind, SyscallArgs};
+use memprof_common::{Counter, INFLIGHT_NO_RETURN, INFLIGHT_RECORDED, MemEvent, MemEventKind, SyscallArgs};
 
 use crate::{
-    alloc::NO_STACK,
+    alloc::{NO_STACK, unfollowed_in_progress},
     unwind::{Regs, unwind},
     maps::{EVENTS, INFLIGHT, STACKS, SYSCALL_ARGS, count},
     scope::{current, dwarf_unwind, in_scope, rss_mode},
@@ -41,7 +41,14 @@ fn save(kind: MemEventKind, addr: u64, len: u64, new_len: u64) {
     if !in_scope(id) {
         return;
     }
-    if unsafe { INFLIGHT.get(id) }.is_some() {
+    let inside = match unsafe { INFLIGHT.get(id) }.copied() {
+        None => false,
+        Some(call) if call.kind == INFLIGHT_RECORDED || call.kind & INFLIGHT_NO_RETURN == 0 => true,
+        // An unsampled call whose return is not followed (uprobe sessions): only while it runs.
+        Some(call) => Regs::current_user()
+            .is_some_and(|r| unfollowed_in_progress(&call, r.sp, unsafe { bpf_ktime_get_ns() })),
+    };
+    if inside {
         // (An allocator committing or purging its own memory with mprotect or madvise is
         // routine, not counted.)
         if kind as u32 != MemEventKind::Mprotect as u32 && kind as u32 != MemEventKind::Madvise as u32 {

@@ -39,6 +39,16 @@ pub fn sample_bytes() -> u64 {
     global(&SAMPLE_BYTES)
 }
 
+/// 1: the allocation entry programs are attached as uprobe sessions (kernel 6.13+): each runs
+/// at its function's entry and, when the entry returned 0, at its return.
+#[unsafe(no_mangle)]
+static SESSIONS: u32 = 0;
+
+#[inline(always)]
+pub fn sessions() -> bool {
+    global(&SESSIONS) == 1
+}
+
 #[inline(always)]
 fn global<T: Copy>(v: &T) -> T {
     unsafe { core::ptr::read_volatile(v) }

@@ -91,6 +91,12 @@ pub struct Opt {
     #[arg(long)]
     pub no_uprobe_multi: bool,
 
+    /// Attach each allocation function as an entry and a return probe even where the kernel
+    /// has uprobe sessions (6.13+: one program at both, which skips the return of calls with
+    /// nothing to record there — unsampled ones under `--sample-bytes`, nested ones).
+    #[arg(long)]
+    pub no_uprobe_session: bool,
+
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -14,17 +14,17 @@ pub mod alloc_code;
 pub mod elf;
 pub mod entry_placement;
 mod links;
+mod load;
 pub mod multi;
 pub mod placement;
 
 use std::collections::{BTreeSet, HashMap};
 
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
+    Ebpf,
+    programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
 };
 use log::{debug, info, warn};
-use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNWIND_DWARF, UNWIND_FP};
 
 use crate::{
     report::ProbeInfo,
@@ -66,6 +66,9 @@ pub struct MapSizes {
     pub task_fsbase: u64,
     /// Use uprobe_multi links where the kernel has them (else one perf event per probe).
     pub uprobe_multi: bool,
+    /// Attach allocation functions as uprobe sessions where the kernel has them (with
+    /// uprobe_multi links).
+    pub uprobe_session: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,12 @@ fn entry_program(func: &str) -> Option<&'static str> {
 
 fn is_free_like(func: &str) -> bool {
     entry_program(func) == Some("free_enter")
+}
+
+/// Programs run as uprobe sessions where the kernel has them: the allocation entries (which
+/// handle their own returns then), not the frees.
+fn is_session_program(prog: &str) -> bool {
+    prog.ends_with("_enter") && !prog.ends_with("free_enter")
 }
 const RETURN_PROGRAM: &str = "alloc_return";
 /// Entry programs runtimes ask for (see `crate::runtime::RuntimeProbe`).
@@ -159,6 +168,9 @@ pub struct Probes {
     retired: Vec<ProbeLink>,
     /// Uprobes are attached as uprobe_multi links (kernel 6.6+).
     pub multi: bool,
+    /// Allocation functions are attached as uprobe sessions (kernel 6.13+): their entry programs
+    /// also run at the return, which needs no return program.
+    pub sessions: bool,
     /// What was placed (or failed), for the summary.
     pub placed: Vec<ProbeInfo>,
     /// Uprobe attach failures.
@@ -184,116 +196,6 @@ pub struct Probes {
 
 
 impl Probes {
-    /// Loads the BPF object with the scope and map sizes as load-time settings, and attaches the
-    /// mmap-family tracepoints (which filter on the scope themselves).
-    pub fn load(scope: Scope, sizes: MapSizes) -> Result<Probes, AttachError> {
-        let (mode, cg_id, cg_level, tgid) = match scope {
-            Scope::Cgroup { id, level } => (FILTER_CGROUP, id, level, 0u32),
-            Scope::Process { tgid } => (FILTER_TGID, 0u64, 0u32, tgid),
-        };
-        let mut bpf = EbpfLoader::new()
-            .override_global("FILTER_MODE", &mode, true)
-            .override_global("TARGET_CGROUP_ID", &cg_id, true)
-            .override_global("TARGET_CGROUP_LEVEL", &cg_level, true)
-            .override_global("TARGET_TGID", &tgid, true)
-            .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
-            .override_global("MODE", &if sizes.rss { MODE_RSS } else { MODE_ALLOCATIONS }, true)
-            .map_max_entries("ALLOCS", sizes.allocs)
-            .map_max_entries("STACKS", sizes.stacks)
-            .map_max_entries("STACK_TOTALS", sizes.stack_totals)
-            .override_global("UNWINDER", &if sizes.dwarf { UNWIND_DWARF } else { UNWIND_FP }, true)
-            .map_max_entries("USTACKS", sizes.stacks)
-            .map_max_entries("UNWIND_ROWS", sizes.unwind_rows)
-            .override_global("TASK_FSBASE_OFFSET", &sizes.task_fsbase, true)
-            .load(EBPF_OBJECT)?;
-        let mut uprobe_names: Vec<&str> = ENTRY_PROGRAMS.iter().map(|(_, p)| *p).collect();
-        uprobe_names.sort_unstable();
-        uprobe_names.dedup();
-        uprobe_names.push(RETURN_PROGRAM);
-        uprobe_names.extend(RUNTIME_PROGRAMS);
-        let multi = sizes.uprobe_multi && !sizes.rss && multi::kernel_supports();
-        for name in uprobe_names {
-            let prog: &mut UProbe = program(&mut bpf, name)?;
-            let loaded = if multi { prog.load_multi() } else { prog.load() };
-            loaded.map_err(|source| AttachError::Program { name: name.into(), source })?;
-        }
-        if !sizes.rss {
-            info!(
-                "uprobes attached as {}",
-                if multi {
-                    "uprobe_multi links (one per process, object and program)"
-                } else if sizes.uprobe_multi {
-                    "perf events, one per probe (kernel older than 6.6: no uprobe_multi links)"
-                } else {
-                    "perf events, one per probe (--no-uprobe-multi)"
-                }
-            );
-        }
-        let mut optional_failures = Vec::new();
-        let mut tracepoints = Vec::new();
-        let rss_tracepoints: &[(&str, &str, &str, bool)] = if sizes.rss { RSS_TRACEPOINTS } else { &[] };
-        for &(category, event, name, required) in TRACEPOINTS.iter().chain(rss_tracepoints) {
-            let prog: &mut TracePoint = program(&mut bpf, name)?;
-            prog.load().map_err(|source| AttachError::Program { name: name.into(), source })?;
-            match prog.attach(category, event).and_then(|id| prog.take_link(id)) {
-                Ok(link) => tracepoints.push(ProbeLink::Tracepoint(link)),
-                Err(source) if required => {
-                    return Err(AttachError::Tracepoint { name: format!("{category}:{event}"), source });
-                }
-                Err(source) => {
-                    warn!("optional tracepoint {category}:{event} not attached: {source}");
-                    optional_failures.push(format!("{category}:{event}"));
-                }
-            }
-        }
-        Ok(Probes {
-            bpf,
-            elf_cache: HashMap::new(),
-            attached: HashMap::new(),
-            links: HashMap::new(),
-            placed: Vec::new(),
-            attach_failures: 0,
-            attach_gone: 0,
-            optional_failures,
-            probe_placement: true,
-            rss: sizes.rss,
-            page_faults: if sizes.rss { PageFaults::Attached } else { PageFaults::No },
-            retired: tracepoints,
-            multi,
-            placements: HashMap::new(),
-            runtime_attached: Default::default(),
-            runtime_placements: HashMap::new(),
-        })
-    }
-
-    /// Attaches the page-fault tracepoint in allocation mode, once: a runtime counts its heap's
-    /// pages as they are first touched (Python's arenas in optimised builds). Only then, so
-    /// that the other processes of the host do not pay for it. True when it is attached.
-    /// `why`: what the pages are, for the log.
-    pub fn attach_page_faults(&mut self, why: &str) -> bool {
-        if self.page_faults != PageFaults::No {
-            return self.page_faults == PageFaults::Attached;
-        }
-        let result = program::<TracePoint>(&mut self.bpf, "page_fault_user").map_err(|e| e.to_string()).and_then(|p| {
-            p.load().map_err(|e| e.to_string())?;
-            p.attach("exceptions", "page_fault_user").and_then(|id| p.take_link(id)).map_err(|e| e.to_string())
-        });
-        match result {
-            Ok(link) => {
-                self.retired.push(ProbeLink::Tracepoint(link));
-                info!("page faults followed ({why})");
-                self.page_faults = PageFaults::Attached;
-                true
-            }
-            Err(err) => {
-                warn!("optional tracepoint exceptions:page_fault_user not attached: {err}; {why} not followed");
-                self.optional_failures.push("exceptions:page_fault_user".into());
-                self.page_faults = PageFaults::Failed;
-                false
-            }
-        }
-    }
-
     /// Whether free-like probes may be moved off the function entry (default: yes).
     pub fn set_probe_placement(&mut self, on: bool) {
         self.probe_placement = on;
@@ -383,8 +285,10 @@ impl Probes {
         for sym in info.symbols.iter().filter(|s| is_free_like(s.name)) {
             plan.push((sym.name, "free_enter", self.free_probe_offset(e, &path, sym)));
         }
-        for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
-            plan.push((sym.name, RETURN_PROGRAM, sym.file_offset));
+        if !self.sessions {
+            for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
+                plan.push((sym.name, RETURN_PROGRAM, sym.file_offset));
+            }
         }
         for sym in info.symbols.iter().filter(|s| !is_free_like(s.name)) {
             if let Some(prog) = entry_program(sym.name) {
@@ -439,8 +343,10 @@ impl Probes {
         for p in probes.iter().filter(|p| p.free_like) {
             plan.push((p, p.program));
         }
-        for p in probes.iter().filter(|p| !p.free_like) {
-            plan.push((p, RETURN_PROGRAM));
+        if !self.sessions {
+            for p in probes.iter().filter(|p| !p.free_like) {
+                plan.push((p, RETURN_PROGRAM));
+            }
         }
         for p in probes.iter().filter(|p| !p.free_like) {
             plan.push((p, p.program));
@@ -481,7 +387,14 @@ impl Probes {
         let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
             let fd = prog.fd().map_err(|e| e.to_string())?;
             let fd = std::os::fd::AsFd::as_fd(fd);
-            multi::attach(fd, path, &offsets, pid.get(), prog_name == RETURN_PROGRAM).map_err(|e| e.to_string())
+            let kind = if prog_name == RETURN_PROGRAM {
+                multi::Kind::Return
+            } else if self.sessions && is_session_program(prog_name) {
+                multi::Kind::Session
+            } else {
+                multi::Kind::Entry
+            };
+            multi::attach(fd, path, &offsets, pid.get(), kind).map_err(|e| e.to_string())
         });
         match result {
             Ok(link) => {

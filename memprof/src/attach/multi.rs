@@ -20,8 +20,20 @@ use std::{
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `BPF_TRACE_UPROBE_MULTI` of `enum bpf_attach_type`.
 const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// `BPF_TRACE_UPROBE_SESSION` (kernel 6.13+): the program runs at entry and, when the entry
+/// returned 0, at the return.
+const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 /// `BPF_F_UPROBE_MULTI_RETURN`: the links's probes are return probes.
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
+
+/// What a link's probes run at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Entry,
+    Return,
+    /// Entry, then the return when the entry asked for it (a uprobe session).
+    Session,
+}
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
 #[repr(C)]
@@ -46,8 +58,8 @@ struct LinkCreateUprobeMulti {
 pub struct MultiLink(#[allow(dead_code)] OwnedFd);
 
 /// Attaches `prog` (loaded with `load_multi`) at `offsets` (file offsets) of the ELF file at
-/// `path`, for process `pid` only; return probes when `ret`.
-pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, ret: bool) -> io::Result<MultiLink> {
+/// `path`, for process `pid` only. A session program must have been loaded with `load_session`.
+pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, kind: Kind) -> io::Result<MultiLink> {
     if offsets.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no offsets"));
     }
@@ -55,11 +67,11 @@ pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, ret:
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
     let attr = LinkCreateUprobeMulti {
         prog_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_TRACE_UPROBE_MULTI,
+        attach_type: if kind == Kind::Session { BPF_TRACE_UPROBE_SESSION } else { BPF_TRACE_UPROBE_MULTI },
         path: c_path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
         cnt: offsets.len() as u32,
-        uprobe_flags: if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+        uprobe_flags: if kind == Kind::Return { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
         pid,
         ..Default::default()
     };
@@ -81,13 +93,22 @@ pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, ret:
 
 /// Whether the running kernel has uprobe_multi links (6.6 or newer).
 pub fn kernel_supports() -> bool {
+    kernel_at_least(6, 6)
+}
+
+/// Whether the running kernel has uprobe sessions (6.13 or newer).
+pub fn kernel_supports_sessions() -> bool {
+    kernel_at_least(6, 13)
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: uname fills the struct.
     if unsafe { libc::uname(&mut uts) } != 0 {
         return false;
     }
     let release: String = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
-    release_at_least(&release, 6, 6)
+    release_at_least(&release, major, minor)
 }
 
 fn release_at_least(release: &str, major: u32, minor: u32) -> bool {

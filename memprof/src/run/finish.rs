@@ -42,6 +42,10 @@ impl Session {
         lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
         stats.insert("probes_skipped_process_exited".into(), self.probes.attach_gone);
         stats.insert("short_lived_processes".into(), self.short_lived);
+        // How uprobes were attached (1: yes): uprobe_multi links, allocation functions as
+        // uprobe sessions.
+        stats.insert("uprobe_multi_links".into(), u64::from(self.probes.multi));
+        stats.insert("uprobe_sessions".into(), u64::from(self.probes.sessions));
         lost.insert("optional_tracepoints_missing".into(), self.probes.optional_failures.len() as u64);
         let (usage, limit, rss) = self.memory_now();
         let split = crate::target::memory::rss_split(&self.alive_pids());

@@ -2,6 +2,7 @@
 //! ([`session`]), write the artifacts ([`finish`]).
 
 mod finish;
+mod log_limit;
 mod processes;
 mod session;
 
@@ -81,14 +82,18 @@ fn init_logging(verbose: u8) {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    let _ = env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(level)
         .parse_default_env()
         .format(|buf, record| {
             use std::io::Write;
             writeln!(buf, "memprof: {}", record.args())
         })
-        .try_init();
+        .build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(log_limit::BoundedLog::new(logger))).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 pub fn run(opt: Opt) -> Result<(), Failure> {
@@ -153,6 +158,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             unwind_rows: opt.unwind_rows,
             task_fsbase,
             uprobe_multi: !opt.no_uprobe_multi,
+            uprobe_session: !opt.no_uprobe_session,
         },
         probe_placement: !opt.no_probe_placement,
         runtimes_off,

@@ -65,7 +65,7 @@ impl CgroupSkb {
     /// Loads the program inside the kernel.
     pub fn load(&mut self) -> Result<(), ProgramError> {
         let Self { data, attach_type } = self;
-        load_program(BPF_PROG_TYPE_CGROUP_SKB, attach_type.map(Into::into), data)
+        load_program(BPF_PROG_TYPE_CGROUP_SKB, attach_type.map(|t| aya_obj::generated::bpf_attach_type::from(t) as u32), data)
     }
 
     /// Returns the expected attach type of the program.

@@ -702,12 +702,21 @@ fn load_program_with_attach_type<A: Into<bpf_attach_type>, T: Link>(
     expected_attach_type: A,
     data: &mut ProgramData<T>,
 ) -> Result<(), ProgramError> {
-    load_program(prog_type, Some(expected_attach_type.into()), data)
+    load_program(prog_type, Some(expected_attach_type.into() as u32), data)
+}
+
+/// memprof patch: loads with a raw `enum bpf_attach_type` value.
+pub(crate) fn load_program_with_raw_attach_type<T: Link>(
+    prog_type: bpf_prog_type,
+    expected_attach_type: u32,
+    data: &mut ProgramData<T>,
+) -> Result<(), ProgramError> {
+    load_program(prog_type, Some(expected_attach_type), data)
 }
 
 fn load_program<T: Link>(
     prog_type: bpf_prog_type,
-    expected_attach_type: Option<bpf_attach_type>,
+    expected_attach_type: Option<u32>,
     data: &mut ProgramData<T>,
 ) -> Result<(), ProgramError> {
     let ProgramData {

@@ -211,6 +211,14 @@ impl UProbe {
         )
     }
 
+    /// memprof patch: loads the program with the expected attach type
+    /// `BPF_TRACE_UPROBE_SESSION` (57; kernel 6.13+), for `BPF_LINK_CREATE` uprobe_multi links
+    /// that run it at entry and, when the entry returned 0, at the function's return.
+    pub fn load_session(&mut self) -> Result<(), ProgramError> {
+        let Self { data, kind: _ } = self;
+        crate::programs::load_program_with_raw_attach_type(BPF_PROG_TYPE_KPROBE, 57, data)
+    }
+
     /// Returns [`ProbeKind::Entry`] if the program is a `uprobe`, or
     /// [`ProbeKind::Return`] if the program is a `uretprobe`.
     pub const fn kind(&self) -> ProbeKind {
