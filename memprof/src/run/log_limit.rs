@@ -1,7 +1,8 @@
 //! memprof's own log, bounded for runs that last days: each line of the code that logs (a
 //! call site) prints its first [`FIRST`] messages, then only its 2^k-th ones, each saying how
 //! many times it came. A site that fires a million times prints about 30 lines. Debug and trace
-//! output (`-v`) is not limited: the user asked for it.
+//! output (`-v`) is not limited: the user asked for it, nor are messages whose caller thins
+//! them itself ([`UNBOUNDED`]: the per-snapshot line).
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -9,6 +10,12 @@ use log::{Level, Log, Metadata, Record};
 
 /// Messages printed in full per call site before thinning.
 const FIRST: u64 = 10;
+
+/// Log target of messages that are thinned by their caller (the snapshot lines) and printed
+/// as they come.
+pub const UNBOUNDED: &str = "memprof::unbounded";
+/// Log target of messages the caller decided not to print.
+pub const SKIPPED: &str = "memprof::skipped";
 
 pub struct BoundedLog {
     inner: env_logger::Logger,
@@ -41,7 +48,10 @@ impl Log for BoundedLog {
         if !self.inner.enabled(record.metadata()) {
             return;
         }
-        if record.level() > Level::Info {
+        if record.target() == SKIPPED {
+            return;
+        }
+        if record.level() > Level::Info || record.target() == UNBOUNDED {
             self.inner.log(record);
             return;
         }

@@ -3,6 +3,7 @@
 
 mod finish;
 mod log_limit;
+pub(crate) use log_limit::{SKIPPED as SKIPPED_LOG, UNBOUNDED as UNBOUNDED_LOG};
 mod processes;
 mod session;
 

@@ -68,6 +68,8 @@ pub(super) struct Session {
     pub(super) top_frame: Option<String>,
     /// Whether stderr is a terminal (then a live progress line is kept up to date).
     pub(super) progress: bool,
+    /// Run time of the last snapshot line logged.
+    pub(super) last_snapshot_line_s: f64,
     pub(super) started: Instant,
     pub(super) started_at: SystemTime,
     /// When the run ended (for the final timing).
@@ -112,6 +114,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         first_folded: None,
         top_frame: None,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        last_snapshot_line_s: 0.0,
         started: Instant::now(),
         started_at: SystemTime::now(),
         ended: None,
@@ -568,7 +571,15 @@ impl Session {
         if self.progress {
             eprint!("\r\x1b[2K");
         }
+        // One line per snapshot on a terminal; into a log, every one for the first 60, then
+        // one whenever a tenth of the run went by since the last (about 70 lines for a week).
+        let since = info.elapsed_s - self.last_snapshot_line_s;
+        let due = self.progress || self.snapshots.len() < 60 || since >= 0.1 * info.elapsed_s;
+        if due {
+            self.last_snapshot_line_s = info.elapsed_s;
+        }
         info!(
+            target: if due { crate::run::UNBOUNDED_LOG } else { crate::run::SKIPPED_LOG },
             "[{:>6.1}s] {} live in {} allocations, {} stacks, {} processes; lost events: {lost}",
             info.elapsed_s,
             output::human_bytes(info.live_bytes),
