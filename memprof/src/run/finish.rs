@@ -23,6 +23,7 @@ impl Session {
             eprintln!();
         }
         self.drain_events();
+        self.release_exec_images();
         let snap = self.snapshot();
         let stacks = self.stacks(&snap);
         let counters = self.collector.counters(&self.probes.bpf);

@@ -70,6 +70,10 @@ pub(super) struct Session {
     pub(super) progress: bool,
     /// Run time of the last snapshot line logged.
     pub(super) last_snapshot_line_s: f64,
+    /// Processes that called execve (pid → its time) whose old image's records are still to
+    /// be released, and when that was last done.
+    pub(super) exec_images: HashMap<u32, u64>,
+    pub(super) exec_images_released: Instant,
     pub(super) started: Instant,
     pub(super) started_at: SystemTime,
     /// When the run ended (for the final timing).
@@ -115,6 +119,8 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         top_frame: None,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         last_snapshot_line_s: 0.0,
+        exec_images: HashMap::new(),
+        exec_images_released: Instant::now(),
         started: Instant::now(),
         started_at: SystemTime::now(),
         ended: None,
@@ -217,6 +223,9 @@ impl Session {
                 _ = tick.tick() => {}
             }
             self.drain_events();
+            if self.exec_images_released.elapsed() >= Duration::from_secs(1) {
+                self.release_exec_images();
+            }
             self.poll_processes();
             let probes = self.runtimes.poll(&mut self.probes.bpf);
             self.attach_for_runtimes(&probes);
@@ -237,6 +246,21 @@ impl Session {
             if self.progress && Instant::now() >= next_progress {
                 next_progress += Duration::from_secs(1);
                 self.show_progress();
+            }
+        }
+    }
+
+    /// Releases the records processes made before their execve, all in one pass over the
+    /// kernel map, at most once a second (and before every snapshot and at the end).
+    pub(super) fn release_exec_images(&mut self) {
+        self.exec_images_released = Instant::now();
+        if self.exec_images.is_empty() {
+            return;
+        }
+        let execs = std::mem::take(&mut self.exec_images);
+        for (pid, held) in self.collector.release_before_exec(&mut self.probes.bpf, &execs) {
+            if held > 0 {
+                info!("pid {pid} called execve; {} of its old image released", output::human_bytes(held));
             }
         }
     }
@@ -282,10 +306,9 @@ impl Session {
                         // The old image's memory went with it (records made before the execve);
                         // the per-process probes stay (the kernel re-arms them in the new image
                         // for the objects it maps again), and objects new to it get probes.
-                        let held = self.collector.release_before(&mut self.probes.bpf, pid, ts_ns);
-                        if held > 0 {
-                            info!("pid {pid} called execve; {} of its old image released", output::human_bytes(held));
-                        }
+                        // The old image's records leave at the next release pass (see
+                        // `release_exec_images`).
+                        self.exec_images.insert(pid, ts_ns);
                         self.symbolizer.observe_process(pid);
                         self.frames.retain(|r, _| r.pid != pid);
                         self.load_unwind(pid);
@@ -540,6 +563,7 @@ impl Session {
 
     fn write_interval_snapshot(&mut self) -> anyhow::Result<()> {
         let t0 = Instant::now();
+        self.release_exec_images();
         let snap = self.snapshot();
         let stacks = self.stacks(&snap);
         let index = self.snapshots.last().map_or(1, |s| s.index + 1);
