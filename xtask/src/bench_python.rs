@@ -170,7 +170,8 @@ pub(crate) fn bench_only(quick: bool) -> Result<()> {
     let keep = old
         .find(&format!("\n{HEADING}"))
         .map_or(old.as_str(), |i| &old[..i]);
-    let new = format!("{}\n{}", keep.trim_end(), md);
+    // The Soak section (from `cargo xtask soak`, after the Python ones) is carried over.
+    let new = crate::soak::keep_section(&old, format!("{}\n{}", keep.trim_end(), md));
     fs::write(&path, &new).with_context(|| format!("failed to write {}", path.display()))?;
     println!("{md}");
     eprintln!(

@@ -1,16 +1,18 @@
-//! memprof's development tasks: `cargo xtask setup|build|test|demo|bench`.
+//! memprof's development tasks: `cargo xtask setup|build|test|demo|bench|soak`.
 //!
 //! Kept light on purpose: no dependency on the memprof crates.
 
 mod bench;
 mod demo;
 mod bench_python;
+mod soak;
 
 use std::{
     fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
+    time::Duration,
 };
 
 use anyhow::{anyhow, ensure, Context, Result};
@@ -50,6 +52,19 @@ enum Task {
         #[arg(long)]
         python_only: bool,
     },
+    /// Setup, build, then a compressed multi-day run: memprof on a cgroup holding a steady
+    /// leaker, a cache and ~20 short-lived processes a second, at a short snapshot interval; its
+    /// RSS, fds, output folder and CPU are sampled every 10 s (target/soak/samples.csv) and
+    /// BENCHMARKS.md's Soak section is written (root needed).
+    Soak {
+        /// How long memprof runs (`20m`, `90s`, `1h`; at least 1m).
+        #[arg(long, default_value = "20m", value_parser = soak::parse_duration)]
+        duration: Duration,
+        /// memprof's `--interval`: one second of the run stands for 10 s / INTERVAL of a run at
+        /// the default 10 s.
+        #[arg(long, default_value = "1s", value_parser = soak::parse_duration)]
+        interval: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +102,11 @@ fn run_task(task: Task) -> Result<()> {
             } else {
                 bench::bench(quick)
             }
+        }
+        Task::Soak { duration, interval } => {
+            setup()?;
+            build()?;
+            soak::soak(duration, interval)
         }
     }
 }
