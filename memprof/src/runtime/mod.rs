@@ -12,6 +12,7 @@
 
 pub mod mem;
 pub mod python;
+pub mod v8;
 
 use std::{
     collections::{BTreeMap, HashMap},
