@@ -131,6 +131,11 @@ impl Mappings {
     }
 
     /// Live bytes and mapping counts per (pid, origin), plus totals ever mapped.
+    /// Every stack a mapping of a live process was made from (live or not: its totals show).
+    pub fn stack_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.totals.keys().map(|(_, o)| o.stack_id)
+    }
+
     pub fn live(&self) -> Vec<(u32, MappingOrigin, u64, u64, u64, u64)> {
         let mut live: HashMap<(u32, MappingOrigin), (u64, u64)> = HashMap::new();
         for (pid, regions) in &self.by_pid {

@@ -3,6 +3,7 @@
 
 pub mod discarded;
 pub mod mappings;
+mod stack_gc;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -101,6 +102,10 @@ pub struct Collector {
     released: HashMap<(u32, u32, u64), (u64, u64)>,
     /// Pages of the target's own mappings dropped by madvise (see `discarded.rs`).
     pub discarded: Discarded,
+    /// Stacks found unreferenced at the last collection (see `stack_gc.rs`), and how many were
+    /// deleted in all.
+    gc_candidates: std::collections::HashSet<u32>,
+    pub stacks_collected: u64,
 }
 
 impl Collector {
@@ -117,6 +122,8 @@ impl Collector {
             allocator_mappings: 0,
             released: HashMap::new(),
             discarded: Discarded::new(discarded),
+            gc_candidates: Default::default(),
+            stacks_collected: 0,
         })
     }
 

@@ -43,6 +43,7 @@ impl Session {
         lost.insert("uprobe_attach_failures".into(), self.probes.attach_failures);
         stats.insert("probes_skipped_process_exited".into(), self.probes.attach_gone);
         stats.insert("short_lived_processes".into(), self.short_lived);
+        stats.insert("stacks_collected".into(), self.collector.stacks_collected);
         // How uprobes were attached (1: yes): uprobe_multi links, allocation functions as
         // uprobe sessions.
         stats.insert("uprobe_multi_links".into(), u64::from(self.probes.multi));

@@ -122,6 +122,8 @@ impl Session {
         self.collector.mappings.forget(pid);
         self.collector.discarded.forget(pid);
         self.alloc_code.forget(pid);
+        // (Its map and root directory, if a snapshot symbolized one of its stacks meanwhile.)
+        self.symbolizer.forget_process(pid);
     }
 
     pub(super) fn adopt(&mut self, pid: u32) {

@@ -74,6 +74,8 @@ pub(super) struct Session {
     /// be released, and when that was last done.
     pub(super) exec_images: HashMap<u32, u64>,
     pub(super) exec_images_released: Instant,
+    /// When unreferenced stacks were last deleted from the kernel's map.
+    pub(super) stacks_collected_at: Instant,
     pub(super) started: Instant,
     pub(super) started_at: SystemTime,
     /// When the run ended (for the final timing).
@@ -121,6 +123,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
         last_snapshot_line_s: 0.0,
         exec_images: HashMap::new(),
         exec_images_released: Instant::now(),
+        stacks_collected_at: Instant::now(),
         started: Instant::now(),
         started_at: SystemTime::now(),
         ended: None,
@@ -159,6 +162,9 @@ pub(super) fn unwind_outcome(flags: u32) -> (bool, &'static str) {
         (false, "whole")
     }
 }
+
+/// How often unreferenced stacks are deleted from the kernel's map (at a snapshot).
+const STACK_GC_EVERY: Duration = Duration::from_secs(10);
 
 impl Session {
     async fn main_loop(&mut self) -> &'static str {
@@ -247,6 +253,17 @@ impl Session {
                 next_progress += Duration::from_secs(1);
                 self.show_progress();
             }
+        }
+    }
+
+    /// Deletes the kernel's stacks nothing refers to any more (see `collect/stack_gc.rs`), and
+    /// what was cached of them.
+    pub(super) fn collect_stacks(&mut self) {
+        self.stacks_collected_at = Instant::now();
+        let deleted: HashSet<u32> = self.collector.collect_stacks(&mut self.probes.bpf).into_iter().collect();
+        if !deleted.is_empty() {
+            self.frames.retain(|r, _| !deleted.contains(&r.stack_id));
+            self.stack_flags.retain(|r, _| !deleted.contains(&r.stack_id));
         }
     }
 
@@ -564,6 +581,9 @@ impl Session {
     fn write_interval_snapshot(&mut self) -> anyhow::Result<()> {
         let t0 = Instant::now();
         self.release_exec_images();
+        if self.stacks_collected_at.elapsed() >= STACK_GC_EVERY {
+            self.collect_stacks();
+        }
         let snap = self.snapshot();
         let stacks = self.stacks(&snap);
         let index = self.snapshots.last().map_or(1, |s| s.index + 1);
