@@ -12,9 +12,9 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_func_ip, bpf_get_prandom_u32},
+        generated::{bpf_get_attach_cookie, bpf_get_func_ip, bpf_get_prandom_u32},
     },
-    macros::uretprobe,
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use memprof_common::{
@@ -156,22 +156,47 @@ fn enter(ctx: &ProbeContext, kind: AllocKind, size: u64, aux: u64) -> bool {
     follow
 }
 
-/// Runs an entry program: without sessions, the entry; with them, the entry or (when the
-/// entry returned 0) the return. The value tells a session whether to run the return (0) or
-/// not (1).
-#[inline(always)]
-fn entry_or_return(ctx: &ProbeContext, kind: AllocKind, size: impl FnOnce() -> u64, aux: impl FnOnce() -> u64) -> u32 {
-    if !sessions() {
-        enter(ctx, kind, size(), aux());
-        return 0;
-    }
+/// The allocation functions' program with uprobe sessions (kernel 6.13+): one program for all
+/// of them, told apart by the attach cookie (their [`AllocKind`]), run at each entry and, when
+/// the entry returned 0, at the return (1: skip the return). One program rather than one per
+/// function: its return path holds the stack walk, and the verifier checks it once.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     // At the return the registers are the caller's after `ret`: the instruction pointer is the
-    // return address, not the probed function's entry.
-    if unsafe { bpf_get_func_ip(ctx.as_ptr()) } != user_ip(ctx) {
-        let _ = try_alloc_return(ctx);
+    // return address, not the probed function's entry (`bpf_session_is_return` is a kfunc,
+    // which aya-ebpf 0.2.1 cannot call).
+    if unsafe { bpf_get_func_ip(ctx.as_ptr()) } != user_ip(&ctx) {
+        let _ = try_alloc_return(&ctx);
         return 0;
     }
-    if enter(ctx, kind, size(), aux()) { 0 } else { 1 }
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(kind) = AllocKind::from_u32(cookie as u32) else { return 1 };
+    let (size, aux) = arguments(&ctx, kind);
+    if enter(&ctx, kind, size, aux) { 0 } else { 1 }
+}
+
+/// An allocation function's requested size and its auxiliary argument (realloc's old block,
+/// posix_memalign's out-parameter), by kind.
+#[inline(always)]
+fn arguments(ctx: &ProbeContext, kind: AllocKind) -> (u64, u64) {
+    let a = |n| arg(ctx, n);
+    match kind {
+        AllocKind::Calloc => (a(0).wrapping_mul(a(1)), 0),
+        AllocKind::Realloc => (a(1), a(0)),
+        AllocKind::Reallocarray => (a(1).wrapping_mul(a(2)), a(0)),
+        AllocKind::PosixMemalign => (a(2), a(0)),
+        AllocKind::AlignedAlloc | AllocKind::Memalign => (a(1), 0),
+        // pvalloc rounds the size up to a whole number of pages.
+        AllocKind::Pvalloc => ((a(0) + 4095) & !4095, 0),
+        // CPython's object allocator, `_PyObject_Malloc(void *ctx, size_t n)`: the functions
+        // the `PyObject_*`/`PyMem_*` domains point at take a context first.
+        AllocKind::PyMalloc => (a(1), 0),
+        AllocKind::PyCalloc => (a(1).wrapping_mul(a(2)), 0),
+        AllocKind::PyRealloc => (a(2), a(1)),
+        _ => (a(0), 0),
+    }
 }
 
 /// With `--sample-bytes N`: whether this allocation is recorded (a per-thread countdown of
@@ -203,39 +228,30 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// An allocation entry program. Written out rather than with `#[uprobe]`, whose wrapper
-/// returns 0 whatever the function returns: a session reads the value (0: run the return).
+/// The entry programs without sessions (each function with the return program, `alloc_return`).
 macro_rules! alloc_entry {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, |$ctx:ident| $size:expr, $aux:expr) => {
-        $(#[$doc])*
-        #[unsafe(no_mangle)]
-        #[unsafe(link_section = "uprobe")]
-        pub fn $name(ctx: *mut core::ffi::c_void) -> u32 {
-            let $ctx = ProbeContext::new(ctx);
-            entry_or_return(&$ctx, $kind, || $size, || $aux)
+    ($name:ident, $kind:expr) => {
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            let (size, aux) = arguments(&ctx, $kind);
+            enter(&ctx, $kind, size, aux);
+            0
         }
     };
 }
 
-alloc_entry!(malloc_enter, AllocKind::Malloc, |ctx| arg(&ctx, 0), 0);
-alloc_entry!(calloc_enter, AllocKind::Calloc, |ctx| arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0);
-alloc_entry!(realloc_enter, AllocKind::Realloc, |ctx| arg(&ctx, 1), arg(&ctx, 0));
-alloc_entry!(reallocarray_enter, AllocKind::Reallocarray, |ctx| arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0));
-alloc_entry!(posix_memalign_enter, AllocKind::PosixMemalign, |ctx| arg(&ctx, 2), arg(&ctx, 0));
-alloc_entry!(aligned_alloc_enter, AllocKind::AlignedAlloc, |ctx| arg(&ctx, 1), 0);
-alloc_entry!(memalign_enter, AllocKind::Memalign, |ctx| arg(&ctx, 1), 0);
-alloc_entry!(valloc_enter, AllocKind::Valloc, |ctx| arg(&ctx, 0), 0);
-alloc_entry!(
-    /// pvalloc rounds the size up to a whole number of pages.
-    pvalloc_enter, AllocKind::Pvalloc, |ctx| (arg(&ctx, 0) + 4095) & !4095, 0
-);
-alloc_entry!(
-    /// CPython's object allocator, `_PyObject_Malloc(void *ctx, size_t n)`: the functions the
-    /// `PyObject_*`/`PyMem_*` domains point at take a context first.
-    pymalloc_malloc_enter, AllocKind::PyMalloc, |ctx| arg(&ctx, 1), 0
-);
-alloc_entry!(pymalloc_calloc_enter, AllocKind::PyCalloc, |ctx| arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), 0);
-alloc_entry!(pymalloc_realloc_enter, AllocKind::PyRealloc, |ctx| arg(&ctx, 2), arg(&ctx, 1));
+alloc_entry!(malloc_enter, AllocKind::Malloc);
+alloc_entry!(calloc_enter, AllocKind::Calloc);
+alloc_entry!(realloc_enter, AllocKind::Realloc);
+alloc_entry!(reallocarray_enter, AllocKind::Reallocarray);
+alloc_entry!(posix_memalign_enter, AllocKind::PosixMemalign);
+alloc_entry!(aligned_alloc_enter, AllocKind::AlignedAlloc);
+alloc_entry!(memalign_enter, AllocKind::Memalign);
+alloc_entry!(valloc_enter, AllocKind::Valloc);
+alloc_entry!(pvalloc_enter, AllocKind::Pvalloc);
+alloc_entry!(pymalloc_malloc_enter, AllocKind::PyMalloc);
+alloc_entry!(pymalloc_calloc_enter, AllocKind::PyCalloc);
+alloc_entry!(pymalloc_realloc_enter, AllocKind::PyRealloc);
 
 /// One return probe serves every allocation function; the in-flight record says which.
 #[uretprobe]

@@ -12,7 +12,7 @@ use memprof_common::{FILTER_CGROUP, FILTER_TGID, MODE_ALLOCATIONS, MODE_RSS, UNW
 
 use super::{
     AttachError, EBPF_OBJECT, ENTRY_PROGRAMS, MapSizes, PageFaults, Probes, RETURN_PROGRAM, RSS_TRACEPOINTS,
-    RUNTIME_PROGRAMS, Scope, TRACEPOINTS, is_session_program, links::ProbeLink, multi, program,
+    RUNTIME_PROGRAMS, SESSION_PROGRAM, Scope, TRACEPOINTS, links::ProbeLink, multi, program,
 };
 
 impl Probes {
@@ -46,19 +46,20 @@ impl Probes {
         uprobe_names.dedup();
         uprobe_names.push(RETURN_PROGRAM);
         uprobe_names.extend(RUNTIME_PROGRAMS);
-        let mut sessions = want_sessions;
         for name in uprobe_names {
             let prog: &mut UProbe = program(&mut bpf, name)?;
-            let session = sessions && is_session_program(name);
-            let mut loaded = if session { prog.load_session() } else if multi { prog.load_multi() } else { prog.load() };
-            if let (true, Err(err)) = (session, &loaded) {
-                // The programs work either way (an entry ignores what it returns outside a
-                // session, and unfollowed records are ignored by the return program).
+            let loaded = if multi { prog.load_multi() } else { prog.load() };
+            loaded.map_err(|source| AttachError::Program { name: name.into(), source })?;
+        }
+        let mut sessions = want_sessions;
+        if want_sessions {
+            let prog: &mut UProbe = program(&mut bpf, SESSION_PROGRAM)?;
+            if let Err(err) = prog.load_session() {
+                // The entry programs work either way (an unsampled call's record is then
+                // ignored by the return program, see `alloc.rs`).
                 warn!("uprobe sessions not available ({err}): allocation functions get entry and return probes");
                 sessions = false;
-                loaded = prog.load_multi();
             }
-            loaded.map_err(|source| AttachError::Program { name: name.into(), source })?;
         }
         if !sizes.rss {
             info!(

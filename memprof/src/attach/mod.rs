@@ -112,11 +112,31 @@ fn is_free_like(func: &str) -> bool {
     entry_program(func) == Some("free_enter")
 }
 
-/// Programs run as uprobe sessions where the kernel has them: the allocation entries (which
-/// handle their own returns then), not the frees.
-fn is_session_program(prog: &str) -> bool {
-    prog.ends_with("_enter") && !prog.ends_with("free_enter")
+/// The allocation functions' one program with uprobe sessions (kernel 6.13+), at entry and
+/// return, told apart by the attach cookie: their kind (see `memprof-ebpf/src/alloc.rs`).
+const SESSION_PROGRAM: &str = "alloc_session";
+
+/// The kind the session program gets as a cookie for an allocation entry program's functions.
+fn session_cookie(entry_prog: &str) -> Option<u64> {
+    use memprof_common::AllocKind as K;
+    let kind = match entry_prog {
+        "malloc_enter" => K::Malloc,
+        "calloc_enter" => K::Calloc,
+        "realloc_enter" => K::Realloc,
+        "reallocarray_enter" => K::Reallocarray,
+        "posix_memalign_enter" => K::PosixMemalign,
+        "aligned_alloc_enter" => K::AlignedAlloc,
+        "memalign_enter" => K::Memalign,
+        "valloc_enter" => K::Valloc,
+        "pvalloc_enter" => K::Pvalloc,
+        "pymalloc_malloc_enter" => K::PyMalloc,
+        "pymalloc_calloc_enter" => K::PyCalloc,
+        "pymalloc_realloc_enter" => K::PyRealloc,
+        _ => return None,
+    };
+    Some(kind as u64)
 }
+
 const RETURN_PROGRAM: &str = "alloc_return";
 /// Entry programs runtimes ask for (see `crate::runtime::RuntimeProbe`).
 const RUNTIME_PROGRAMS: &[&str] =
@@ -297,16 +317,26 @@ impl Probes {
         }
         let object = e.path.clone().unwrap_or_default();
         if self.multi {
-            // One link per program, in the plan's order.
-            let mut groups: Vec<(&'static str, Vec<(&str, u64)>)> = Vec::new();
+            // One link per program, in the plan's order; with sessions, the allocation entries
+            // all go to the session program, each with its kind as the cookie.
+            let mut groups: Vec<(&'static str, Vec<(&str, u64)>, Vec<u64>)> = Vec::new();
             for (func, prog_name, offset) in plan {
-                match groups.iter_mut().find(|g| g.0 == prog_name) {
-                    Some(g) => g.1.push((func, offset)),
-                    None => groups.push((prog_name, vec![(func, offset)])),
-                }
+                let (prog_name, cookie) = match session_cookie(prog_name).filter(|_| self.sessions) {
+                    Some(c) => (SESSION_PROGRAM, Some(c)),
+                    None => (prog_name, None),
+                };
+                let i = match groups.iter().position(|g| g.0 == prog_name) {
+                    Some(i) => i,
+                    None => {
+                        groups.push((prog_name, Vec::new(), Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+                groups[i].1.push((func, offset));
+                groups[i].2.extend(cookie);
             }
-            for (prog_name, probes) in groups {
-                placed += self.attach_multi(pid_nz, prog_name, &path, &probes, &object);
+            for (prog_name, probes, cookies) in groups {
+                placed += self.attach_multi(pid_nz, prog_name, &path, &probes, &cookies, &object);
             }
         } else {
             for (func, prog_name, offset) in plan {
@@ -367,7 +397,12 @@ impl Probes {
             let path = maps::map_files_path(p.pid, &e);
             let offset = p.addr - e.start + e.offset + self.runtime_probe_offset(&e, &path, p);
             let object = e.path.clone().unwrap_or_default();
-            placed += usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object, &p.function));
+            placed += match session_cookie(prog_name).filter(|_| self.sessions) {
+                Some(cookie) => {
+                    self.attach_multi(pid_nz, SESSION_PROGRAM, &path, &[(&p.function, offset)], &[cookie], &object)
+                }
+                None => usize::from(self.attach_probe(pid_nz, prog_name, &path, offset, object, &p.function)),
+            };
         }
         placed
     }
@@ -381,6 +416,7 @@ impl Probes {
         prog_name: &'static str,
         path: &std::path::Path,
         probes: &[(&str, u64)],
+        cookies: &[u64],
         object: &str,
     ) -> usize {
         let offsets: Vec<u64> = probes.iter().map(|p| p.1).collect();
@@ -389,12 +425,12 @@ impl Probes {
             let fd = std::os::fd::AsFd::as_fd(fd);
             let kind = if prog_name == RETURN_PROGRAM {
                 multi::Kind::Return
-            } else if self.sessions && is_session_program(prog_name) {
+            } else if prog_name == SESSION_PROGRAM {
                 multi::Kind::Session
             } else {
                 multi::Kind::Entry
             };
-            multi::attach(fd, path, &offsets, pid.get(), kind).map_err(|e| e.to_string())
+            multi::attach(fd, path, &offsets, cookies, pid.get(), kind).map_err(|e| e.to_string())
         });
         match result {
             Ok(link) => {
@@ -464,7 +500,7 @@ impl Probes {
         function: &str,
     ) -> bool {
         if self.multi {
-            return self.attach_multi(pid, prog_name, path, &[(function, offset)], &object) == 1;
+            return self.attach_multi(pid, prog_name, path, &[(function, offset)], &[], &object) == 1;
         }
         let result = program::<UProbe>(&mut self.bpf, prog_name).map_err(|e| e.to_string()).and_then(|prog| {
             let id = prog

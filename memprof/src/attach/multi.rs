@@ -59,9 +59,20 @@ pub struct MultiLink(#[allow(dead_code)] OwnedFd);
 
 /// Attaches `prog` (loaded with `load_multi`) at `offsets` (file offsets) of the ELF file at
 /// `path`, for process `pid` only. A session program must have been loaded with `load_session`.
-pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, kind: Kind) -> io::Result<MultiLink> {
+/// `cookies`: empty, or one per offset (the program reads it with `bpf_get_attach_cookie`).
+pub fn attach(
+    prog: BorrowedFd<'_>,
+    path: &Path,
+    offsets: &[u64],
+    cookies: &[u64],
+    pid: u32,
+    kind: Kind,
+) -> io::Result<MultiLink> {
     if offsets.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no offsets"));
+    }
+    if !cookies.is_empty() && cookies.len() != offsets.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "one cookie per offset"));
     }
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
@@ -70,6 +81,7 @@ pub fn attach(prog: BorrowedFd<'_>, path: &Path, offsets: &[u64], pid: u32, kind
         attach_type: if kind == Kind::Session { BPF_TRACE_UPROBE_SESSION } else { BPF_TRACE_UPROBE_MULTI },
         path: c_path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
+        cookies: if cookies.is_empty() { 0 } else { cookies.as_ptr() as u64 },
         cnt: offsets.len() as u32,
         uprobe_flags: if kind == Kind::Return { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
         pid,
