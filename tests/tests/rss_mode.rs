@@ -40,10 +40,18 @@ fn short_lived_processes_leave_no_pages() {
     let _churn = Child::spawn(&mut churn, Some(&cg)).expect("start the churning shell");
     let p = profile_fixture(&mut fx, &["--cgroup".into(), cg.name(), "--mode".into(), "rss".into()], "rss-short-lived");
     let pid = p.truth.pid as u64;
+    // Processes memprof saw exit (retired). A Python of the loop may still be running at the
+    // final snapshot (about one time in ten): its pages are rightly there.
+    let exited: Vec<u64> = p.summary["processes"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["alive"] == false).filter_map(|x| x["pid"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(exited.len() >= 3, "fewer short-lived processes seen to exit than expected: {}", p.summary["processes"]);
     let others: Vec<String> = stacks(&p.summary)
         .iter()
         .filter(|s| s["bytes"].as_u64().unwrap_or(0) >= 1 << 20)
         .filter(|s| !s["pids"].as_array().is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(pid))))
+        .filter(|s| s["pids"].as_array().is_some_and(|a| a.iter().all(|x| x.as_u64().is_some_and(|p| exited.contains(&p)))))
         .map(|s| format!("{} B in pids {}: {}", s["bytes"], s["pids"], frames(s).join(";")))
         .collect();
     assert!(others.is_empty(), "pages of exited processes kept:\n{}", others.join("\n"));
