@@ -9,6 +9,7 @@ pub mod python;
 pub mod runtime;
 pub mod sampling;
 pub mod unwind;
+pub mod v8;
 
 /// Deepest user stack recorded (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -331,12 +332,19 @@ pub enum Counter {
     /// pymalloc arenas that could not be registered (map full, or too large): counted as one
     /// mapping each instead.
     PyArenasUnregistered = 28,
+    /// JS frames recorded (V8).
+    V8Frames = 29,
+    /// A frame that looked like a JS frame could not be read through (its function or
+    /// SharedFunctionInfo unreadable or of the wrong type): its native pc kept.
+    V8ReadFailed = 30,
+    /// JS frames cut by the stack depth limit.
+    V8Truncated = 31,
 }
 
 pub const COUNTER_COUNT: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 32] = [
         Counter::AllocsMapFull,
         Counter::StacksMapFull,
         Counter::StackIdFailed,
@@ -366,6 +374,9 @@ impl Counter {
         Counter::PyTruncated,
         Counter::PyArenas,
         Counter::PyArenasUnregistered,
+        Counter::V8Frames,
+        Counter::V8ReadFailed,
+        Counter::V8Truncated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -399,6 +410,9 @@ impl Counter {
             Counter::PyTruncated => "python_walk_failed_depth",
             Counter::PyArenas => "python_arenas_paged",
             Counter::PyArenasUnregistered => "python_arenas_unregistered",
+            Counter::V8Frames => "v8_frames",
+            Counter::V8ReadFailed => "v8_walk_failed_read",
+            Counter::V8Truncated => "v8_walk_failed_depth",
         }
     }
 

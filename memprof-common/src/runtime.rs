@@ -13,6 +13,9 @@
 
 /// CPython (`memprof-ebpf/src/python.rs`).
 pub const RUNTIME_PYTHON: u32 = 1;
+/// V8 (Node; `memprof-ebpf/src/v8.rs`). Its walker needs no code ranges: JS frames are the
+/// frames without CFI whose frame-pointer-relative slots hold a JSFunction.
+pub const RUNTIME_V8: u32 = 2;
 
 /// Code ranges one process may hand off to a runtime walker.
 pub const MAX_RUNTIME_RANGES: usize = 4;

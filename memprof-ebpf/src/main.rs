@@ -3,7 +3,7 @@
 //! Each program is a thin wrapper around a `try_*` function; the logic lives in [`alloc`],
 //! [`free`] and [`mmap`], the maps in [`maps`] and the target filter in [`scope`]. Stacks are
 //! walked by [`unwind`], which hands interpreter loops to the runtime walkers ([`runtime`],
-//! [`python`]).
+//! [`python`], [`v8`]).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -19,6 +19,7 @@ mod rss;
 mod runtime;
 mod scope;
 mod unwind;
+mod v8;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,7 +1,7 @@
 //! The hand-off from the native walker to runtime walkers, by program-counter range (see
 //! `memprof_common::runtime`). The native walker calls [`begin`] once per stack, [`at_frame`]
 //! for each native frame and [`end`] when it stops; everything runtime-specific lives in the
-//! runtime's own room ([`crate::python`]).
+//! runtime's own room ([`crate::python`], [`crate::v8`]).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use memprof_common::{
-    runtime::{MAX_RUNTIME_RANGES, ProcRuntime, RUNTIME_PYTHON, RuntimeRange},
+    runtime::{MAX_RUNTIME_RANGES, ProcRuntime, RUNTIME_PYTHON, RUNTIME_V8, RuntimeRange},
     unwind::UnwoundStack,
 };
 
@@ -116,14 +116,20 @@ fn in_range(rt: &RtWalk, lookup: u64) -> bool {
 
 /// A native frame at `lookup` whose stack is `[sp, cfa)`: when it is a runtime's interpreter
 /// loop, the runtime walker records the frames it executes in its place. True when it did
-/// (the native frame is then not recorded).
+/// (the native frame is then not recorded). `no_cfi_fp`: the frame has no CFI and is stepped
+/// with this frame pointer (its own): runtimes whose frames are such (JITs) are recognised by
+/// their contents rather than by range.
 #[inline(always)]
-pub fn at_frame(w: &mut Walk, st: &mut UnwoundStack, lookup: u64, sp: u64, cfa: u64) -> bool {
-    if w.rt.kind == 0 || w.rt.state == RT_FAILED || !in_range(&w.rt, lookup) {
+pub fn at_frame(w: &mut Walk, st: &mut UnwoundStack, lookup: u64, sp: u64, cfa: u64, no_cfi_fp: Option<u64>) -> bool {
+    if w.rt.kind == 0 || w.rt.state == RT_FAILED {
         return false;
     }
     match w.rt.kind {
-        RUNTIME_PYTHON => crate::python::activation(w, st, sp, cfa),
+        RUNTIME_PYTHON => in_range(&w.rt, lookup) && crate::python::activation(w, st, sp, cfa),
+        RUNTIME_V8 => match no_cfi_fp {
+            Some(fp) => crate::v8::frame(w, st, fp),
+            None => false,
+        },
         _ => false,
     }
 }
@@ -154,6 +160,7 @@ pub fn heap_unmapped(tgid: u32, addr: u64, len: u64) -> bool {
 pub fn exec(tgid: u32) {
     let _ = PROC_RUNTIMES.remove(&tgid);
     crate::python::exec(tgid);
+    crate::v8::exec(tgid);
 }
 
 /// The native walk stopped (`complete`: at the outermost frame).

@@ -410,7 +410,7 @@ fn step_frame(w: &mut Walk) -> bool {
         // frame pointer still holds the caller's caller's frame, so the caller is found on the
         // stack instead.
         if let Some((slot, ra)) = leaf_caller(w, sp, bp) {
-            if !runtime::at_frame(w, st, lookup, sp, slot + 8) && !push(w, st, pc) {
+            if !runtime::at_frame(w, st, lookup, sp, slot + 8, None) && !push(w, st, pc) {
                 return false;
             }
             w.flags |= STACK_USED_FP;
@@ -442,7 +442,8 @@ fn step_frame(w: &mut Walk) -> bool {
         }
         _ => (sp, STACK_TRUNC_UNSUPPORTED),
     };
-    if !runtime::at_frame(w, st, lookup, sp, cfa) && !push(w, st, pc) {
+    let no_cfi_fp = (row.cfa_kind == CFA_NONE && end == 0).then_some(bp);
+    if !runtime::at_frame(w, st, lookup, sp, cfa, no_cfi_fp) && !push(w, st, pc) {
         return false;
     }
     if end != 0 {

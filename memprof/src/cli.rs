@@ -78,6 +78,11 @@ pub struct Opt {
     #[arg(long)]
     pub no_python: bool,
 
+    /// Leave Node alone: JS frames are not read from V8's memory (they show as `[jit]`
+    /// addresses, named from `/tmp/perf-PID.map` when the process writes one).
+    #[arg(long)]
+    pub no_node: bool,
+
     /// Count Python's small objects by the pymalloc arena pages they first touch instead of
     /// probing its object allocator. Probing it tracks each object exactly but costs ~2–5 µs per
     /// object allocation (a request-serving loop ran 45× slower on a build where it can be

@@ -295,23 +295,89 @@ pub struct RuntimesInfo {
     /// (the kernel's arena map was full: counted as one mapping each).
     pub python_arenas_paged: u64,
     pub python_arenas_unregistered: u64,
+    /// JS frames recorded (Node: read from V8's own frames, no flag on the target).
+    pub js_frames: u64,
+    /// Frames that looked like JS frames but could not be read through (`read`), and JS frames
+    /// cut by the stack depth limit (`depth`): their native pcs are kept.
+    pub js_walk_failed: BTreeMap<String, u64>,
+    /// JS frames named, by the tier of their code (`interpreted`, `baseline`, `maglev`,
+    /// `turbofan`, `builtin`, `other`).
+    pub js_tiers: BTreeMap<String, u64>,
+    /// Inlined JS frames expanded from optimised code.
+    pub js_inlined_frames: u64,
 }
 
 impl RuntimesInfo {
+    /// The languages whose functions the "by function" tables list: `Python`, `JS` or
+    /// `Python/JS`.
+    pub fn languages(&self) -> &'static str {
+        let node = self.processes.iter().any(|p| p.runtime == "node");
+        let python = self.processes.iter().any(|p| p.runtime != "node");
+        match (python, node) {
+            (true, true) => "Python/JS",
+            (false, true) => "JS",
+            _ => "Python",
+        }
+    }
+
     /// One line for the terminal and the report, when there is any runtime (`mode`: the
     /// report's, `allocations` or `rss`).
     pub fn describe(&self, mode: &str) -> Option<String> {
-        if self.processes.is_empty() {
+        let lines: Vec<String> = [self.describe_python(mode), self.describe_node()].into_iter().flatten().collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    /// The Node line: processes whose JS frames were read, and what was met.
+    fn describe_node(&self) -> Option<String> {
+        let procs: Vec<&crate::runtime::RuntimeProcess> = self.processes.iter().filter(|p| p.runtime == "node").collect();
+        if procs.is_empty() {
             return None;
         }
-        let walked: Vec<&crate::runtime::RuntimeProcess> = self.processes.iter().filter(|p| p.frames == "walked").collect();
+        let walked: Vec<&&crate::runtime::RuntimeProcess> = procs.iter().filter(|p| p.frames == "walked").collect();
+        let mut versions: Vec<&str> = walked.iter().map(|p| p.version.as_str()).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut line = format!(
+            "node: JS frames read from V8 in {} of {} processes{}",
+            walked.len(),
+            procs.len(),
+            if versions.is_empty() { String::new() } else { format!(" ({})", versions.join(", ")) }
+        );
+        if self.js_frames > 0 {
+            let tiers: Vec<String> = self.js_tiers.iter().filter(|(_, &n)| n > 0).map(|(t, n)| format!("{t} {n}")).collect();
+            line.push_str(&format!("; {} JS frames named ({})", self.js_tiers.values().sum::<u64>(), tiers.join(", ")));
+            if self.js_inlined_frames > 0 {
+                line.push_str(&format!(", {} inlined frames expanded", self.js_inlined_frames));
+            }
+        }
+        let failed: u64 = self.js_walk_failed.values().sum();
+        if failed > 0 {
+            line.push_str(&format!("; {failed} JS frames unreadable (native frames kept)"));
+        }
+        let unnamed: u64 = self.unnamed_frames.iter().filter(|(k, _)| k.starts_with("js_")).map(|(_, n)| n).sum();
+        if unnamed > 0 {
+            line.push_str(&format!("; {unnamed} JS frames not (fully) named"));
+        }
+        for p in procs.iter().filter(|p| p.frames != "walked").take(3) {
+            line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));
+        }
+        Some(line)
+    }
+
+    /// The Python line.
+    fn describe_python(&self, mode: &str) -> Option<String> {
+        let procs: Vec<&crate::runtime::RuntimeProcess> = self.processes.iter().filter(|p| p.runtime != "node").collect();
+        if procs.is_empty() {
+            return None;
+        }
+        let walked: Vec<&crate::runtime::RuntimeProcess> = procs.iter().copied().filter(|p| p.frames == "walked").collect();
         let mut versions: Vec<&str> = walked.iter().map(|p| p.version.as_str()).collect();
         versions.sort_unstable();
         versions.dedup();
         let mut line = format!(
             "python: frames read in {} of {} processes{}",
             walked.len(),
-            self.processes.len(),
+            procs.len(),
             if versions.is_empty() { String::new() } else { format!(" (CPython {})", versions.join(", ")) }
         );
         let failed: u64 = self.python_walk_failed.values().sum();
@@ -324,7 +390,7 @@ impl RuntimesInfo {
                 self.python_arenas_unregistered
             ));
         }
-        for p in self.processes.iter().filter(|p| p.frames != "walked").take(3) {
+        for p in procs.iter().filter(|p| p.frames != "walked").take(3) {
             line.push_str(&format!("; pid {}: {}", p.pid, p.why.as_deref().unwrap_or(p.frames)));
         }
         let objects: Vec<&str> = walked.iter().filter_map(|p| p.details.get("object_allocator")).map(String::as_str).collect();

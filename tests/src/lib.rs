@@ -43,6 +43,7 @@ pub mod container;
 pub mod python;
 pub mod dom;
 pub mod memory_cgroup;
+pub mod node;
 pub use dom::{rendered_dom, tempdir};
 pub use memory_cgroup::MemoryCgroup;
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::report::{Frame, StackReport};
 
 /// The modules of runtime frames (see `crate::runtime`).
-pub const RUNTIME_MODULES: &[&str] = &[crate::runtime::python::PYTHON_MODULE];
+pub const RUNTIME_MODULES: &[&str] = &[crate::runtime::python::PYTHON_MODULE, crate::runtime::v8::frames::JS_MODULE];
 
 /// Live memory of the stacks whose innermost runtime frame is one function.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -68,7 +68,19 @@ fn display(f: &Frame) -> String {
 
 /// The innermost runtime frame of a stack (frames are root → leaf).
 pub fn runtime_leaf(stack: &StackReport) -> Option<&Frame> {
-    stack.frame_details.iter().rev().find(|f| RUNTIME_MODULES.contains(&f.module.as_str()))
+    let runtime = |f: &&Frame| RUNTIME_MODULES.contains(&f.module.as_str());
+    // Node's own modules (`node:buffer`'s `alloc`, `FastBuffer`) are the runtime's library, not
+    // the service: the innermost frame of the service's own code names the site.
+    let own = |f: &&Frame| {
+        !(f.module == crate::runtime::v8::frames::JS_MODULE && is_node_internal(f)) || f.function == crate::runtime::v8::V8_HEAP_FRAME
+    };
+    stack.frame_details.iter().rev().filter(runtime).find(own).or_else(|| stack.frame_details.iter().rev().find(runtime))
+}
+
+/// A JS frame of Node's built-in modules (`node:internal/timers`, `node:buffer`), or of a
+/// function without a script (a builtin such as `Array.prototype.push`).
+fn is_node_internal(f: &Frame) -> bool {
+    f.file.as_deref().is_none_or(|file| file.starts_with("node:"))
 }
 
 /// Rolls classified stacks up by their innermost runtime frame; largest leak growth first, then

@@ -326,20 +326,21 @@ impl Verdict {
     }
 }
 
-/// Live memory by Python function (the innermost Python frame of each stack), when the target
-/// runs Python.
+/// Live memory by Python or JS function (the innermost such frame of each stack), when the
+/// target runs Python or Node.
 fn functions_section(page: &mut String, report: &Report) {
     let functions: Vec<_> = report.functions.iter().filter(|f| f.bytes > 0).take(TOP_STACKS).collect();
     if functions.is_empty() {
         return;
     }
-    page.push_str(
-        "<section id=\"functions\"><h2>By Python function</h2>\n<p class=\"muted\">Each stack \
-         counts for its innermost Python frame: the Python code that was running when the memory \
-         was allocated.</p><table class=\"stacks\"><thead><tr><th>class</th>\
+    let lang = report.runtimes.languages();
+    page.push_str(&format!(
+        "<section id=\"functions\"><h2>By {lang} function</h2>\n<p class=\"muted\">Each stack \
+         counts for its innermost {lang} frame (Node's own modules left out): the code that was \
+         running when the memory was allocated.</p><table class=\"stacks\"><thead><tr><th>class</th>\
          <th class=\"num\">live</th><th class=\"num\">allocations</th><th class=\"num\">growth</th>\
-         <th class=\"num\">stacks</th><th>function</th><th>lines</th></tr></thead><tbody>\n",
-    );
+         <th class=\"num\">stacks</th><th>function</th><th>lines</th></tr></thead><tbody>\n"
+    ));
     for f in functions {
         let class = if f.class.is_empty() { "unknown" } else { &f.class };
         let lines: Vec<String> = f.lines.iter().take(5).map(u32::to_string).collect();

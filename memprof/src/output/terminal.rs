@@ -71,7 +71,8 @@ pub fn render_summary(report: &Report, top: usize) -> String {
 
     let functions: Vec<_> = report.functions.iter().filter(|f| f.bytes > 0).take(top.min(5)).collect();
     if !functions.is_empty() {
-        let _ = writeln!(out, "by Python function (the innermost Python frame of each stack):");
+        let lang = report.runtimes.languages();
+        let _ = writeln!(out, "by {lang} function (the innermost {lang} frame of each stack):");
         for f in &functions {
             let lines: Vec<String> = f.lines.iter().take(3).map(|l| l.to_string()).collect();
             let _ = writeln!(

@@ -87,6 +87,7 @@ impl Session {
         stats.insert("madvise_discarded_bytes".into(), self.collector.discarded.bytes);
         let mut stack_quality = StackQuality::of(&stacks, self.config.sizes.dwarf);
         stack_quality.tables = self.unwinder.as_ref().map(|u| u.stats.clone());
+        let js_tiers = self.runtimes.js_tiers();
         let report = Report {
             target: self.config.label.clone(),
             cgroup: self.config.cgroup.as_ref().map(|c| c.rel.clone()),
@@ -144,6 +145,13 @@ impl Session {
                 unnamed_frames: self.runtimes.unresolved(),
                 python_arenas_paged: counters.get(&Counter::PyArenas).copied().unwrap_or(0),
                 python_arenas_unregistered: counters.get(&Counter::PyArenasUnregistered).copied().unwrap_or(0),
+                js_frames: counters.get(&Counter::V8Frames).copied().unwrap_or(0),
+                js_walk_failed: [("read", Counter::V8ReadFailed), ("depth", Counter::V8Truncated)]
+                    .into_iter()
+                    .map(|(k, c)| (k.to_string(), counters.get(&c).copied().unwrap_or(0)))
+                    .collect(),
+                js_tiers: js_tiers.0.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                js_inlined_frames: js_tiers.1,
             },
             functions,
         };

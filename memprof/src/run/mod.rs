@@ -55,10 +55,8 @@ pub struct Config {
     pub sizes: MapSizes,
     /// Free-like probes may move past a NULL check (not `--no-probe-placement`).
     pub probe_placement: bool,
-    /// Why runtime frames (Python) are off, or None.
-    pub runtimes_off: Option<String>,
-    /// Probe Python's object allocator where the build allows it (not `--no-python-objects`).
-    pub python_objects: bool,
+    /// Which runtimes' frames are read (and why not).
+    pub runtimes: crate::runtime::RuntimeChoice,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -130,14 +128,23 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
     let output = opt.output.clone().unwrap_or_else(|| default_output(&label));
     check_writable(&output).map_err(Failure::Input)?;
     let dwarf = opt.unwind == crate::cli::Unwind::Dwarf;
-    let (task_fsbase, runtimes_off) = if opt.no_python {
-        (0, Some("--no-python".to_string()))
-    } else if !dwarf {
-        (0, Some("Python frames need --unwind dwarf".to_string()))
+    let mut runtimes = crate::runtime::RuntimeChoice { objects: !opt.no_python_objects, ..Default::default() };
+    if opt.no_node {
+        runtimes.node_off = Some("--no-node".into());
+    }
+    let task_fsbase = if !dwarf {
+        runtimes.all_off = Some("runtime frames need --unwind dwarf".into());
+        0
+    } else if opt.no_python {
+        runtimes.python_off = Some("--no-python".into());
+        0
     } else {
         match crate::runtime::task_fsbase_offset() {
-            Ok(off) => (off, None),
-            Err(why) => (0, Some(format!("the thread pointer cannot be read: {why}"))),
+            Ok(off) => off,
+            Err(why) => {
+                runtimes.python_off = Some(format!("the thread pointer cannot be read: {why}"));
+                0
+            }
         }
     };
     Ok(Config {
@@ -162,8 +169,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
             uprobe_session: !opt.no_uprobe_session,
         },
         probe_placement: !opt.no_probe_placement,
-        runtimes_off,
-        python_objects: !opt.no_python_objects,
+        runtimes,
     })
 }
 

@@ -97,7 +97,7 @@ pub(super) async fn profile(config: Config) -> Result<(), Failure> {
     } else {
         None
     };
-    let runtimes = Runtimes::new(config.runtimes_off.clone(), config.python_objects);
+    let runtimes = Runtimes::new(config.runtimes.clone());
     let mut s = Session {
         runtimes,
         alloc_code: AllocatorCode::default(),
@@ -539,7 +539,8 @@ impl Session {
             self.stack_flags.insert(*r, flags);
             let opts = StackOpts { first_exact: flags & STACK_FIRST_EXACT != 0, trust_all: true };
             let mut frames = self.symbolizer.symbolize_stack_with(r.pid, &ips, opts, &mut self.runtimes);
-            frames.extend(self.runtimes.heap_frame(r.pid, &ips));
+            let heap = self.runtimes.heap_frame(r.pid, &ips, &frames);
+            frames.extend(heap);
             return frames;
         }
         if r.leaf_ret & LEAF_PREPEND != 0 {

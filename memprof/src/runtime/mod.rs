@@ -21,7 +21,7 @@ use std::{
 
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
 use log::{debug, info, warn};
-use memprof_common::runtime::{MAX_RUNTIME_RANGES, ProcRuntime, RuntimeRange, slot_kind};
+use memprof_common::runtime::{MAX_RUNTIME_RANGES, ProcRuntime, RUNTIME_PYTHON, RUNTIME_V8, RuntimeRange, slot_kind};
 use serde::Serialize;
 
 use crate::report::Frame;
@@ -60,7 +60,7 @@ pub enum Observed {
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RuntimeProcess {
     pub pid: u32,
-    /// `python`.
+    /// `python` or `node`.
     pub runtime: &'static str,
     pub version: String,
     /// The interpreter object (executable or shared library) as the process maps it.
@@ -87,7 +87,7 @@ pub trait RuntimeFrames {
     fn frames(&mut self, pid: u32, slot: u64, detail: u64) -> Vec<Frame>;
 }
 
-/// No runtimes (tests, `--no-python`): runtime frames are named by their slots.
+/// No runtimes (tests): runtime frames are named by their slots.
 pub struct NoRuntimes;
 
 impl RuntimeFrames for NoRuntimes {
@@ -116,7 +116,12 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 pub struct Runtimes {
     /// Set when runtimes are off (and why), e.g. no BTF for the thread pointer.
     disabled: Option<String>,
+    /// Set when Python's room is off (and why); Node's may still be on.
+    python_off: Option<String>,
+    /// Set when Node's room is off (and why).
+    node_off: Option<String>,
     python: python::Python,
+    v8: v8::V8,
     status: BTreeMap<u32, RuntimeProcess>,
     /// Processes to look at again: (next try, first try).
     pending: HashMap<u32, (Instant, Instant)>,
@@ -124,16 +129,37 @@ pub struct Runtimes {
     pending_why: HashMap<u32, String>,
 }
 
+/// Which rooms are on.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeChoice {
+    /// Every room off (why), e.g. frame-pointer stacks.
+    pub all_off: Option<String>,
+    /// Python's room off (why).
+    pub python_off: Option<String>,
+    /// Node's room off (why).
+    pub node_off: Option<String>,
+    /// Probe runtimes' object allocators where they can be (Python's pymalloc).
+    pub objects: bool,
+}
+
 impl Runtimes {
-    /// `disabled`: why runtime walking is off (None: on); `objects`: probe runtimes' object
-    /// allocators where they can be (Python's pymalloc).
-    pub fn new(disabled: Option<String>, objects: bool) -> Runtimes {
-        if let Some(why) = &disabled {
-            info!("runtime frames (Python) are off: {why}");
+    pub fn new(choice: RuntimeChoice) -> Runtimes {
+        if let Some(why) = &choice.all_off {
+            info!("runtime frames (Python, Node) are off: {why}");
+        } else {
+            if let Some(why) = &choice.python_off {
+                info!("Python frames are off: {why}");
+            }
+            if let Some(why) = &choice.node_off {
+                info!("Node (V8) frames are off: {why}");
+            }
         }
         Runtimes {
-            disabled,
-            python: python::Python::new(objects),
+            disabled: choice.all_off,
+            python_off: choice.python_off,
+            node_off: choice.node_off,
+            python: python::Python::new(choice.objects),
+            v8: v8::V8::default(),
             status: BTreeMap::new(),
             pending: HashMap::new(),
             pending_why: HashMap::new(),
@@ -147,14 +173,28 @@ impl Runtimes {
         if self.disabled.is_some() {
             return Vec::new();
         }
-        let observed = self.python.observe(bpf, pid, fresh);
+        let mut observed = Observed::No;
+        let mut kind = RUNTIME_PYTHON;
+        if self.python_off.is_none() {
+            observed = self.python.observe(bpf, pid, fresh);
+        }
+        if matches!(observed, Observed::No) && self.node_off.is_none() {
+            observed = self.v8.observe(bpf, pid, fresh);
+            kind = RUNTIME_V8;
+        }
+        let name = if kind == RUNTIME_V8 { "Node (V8)" } else { "Python" };
         if !matches!(observed, Observed::Walked { .. }) {
             // Nothing of an earlier image may stay for the walker.
             remove_ranges(bpf, pid);
             self.python.forget(bpf, pid);
+            self.v8.forget(bpf, pid);
             if !matches!(observed, Observed::Unsupported(_)) {
                 self.status.remove(&pid);
             }
+        } else if kind == RUNTIME_V8 {
+            self.python.forget(bpf, pid);
+        } else {
+            self.v8.forget(bpf, pid);
         }
         match observed {
             Observed::No => {
@@ -166,10 +206,10 @@ impl Runtimes {
                 let first = self.pending.get(&pid).map_or(now, |p| p.1);
                 if now.duration_since(first) > RETRY_FOR {
                     self.pending.remove(&pid);
-                    warn!("pid {pid}: Python frames missing: {why} (gave up after {}s)", RETRY_FOR.as_secs());
+                    warn!("pid {pid}: {name} frames missing: {why} (gave up after {}s)", RETRY_FOR.as_secs());
                     self.pending_why.insert(pid, why);
                 } else {
-                    debug!("pid {pid}: Python not ready ({why}); trying again");
+                    debug!("pid {pid}: {name} not ready ({why}); trying again");
                     self.pending.insert(pid, (now + RETRY_EVERY, first));
                     self.pending_why.insert(pid, why);
                 }
@@ -178,17 +218,18 @@ impl Runtimes {
             Observed::Walked { ranges, probes, status } => {
                 self.pending.remove(&pid);
                 self.pending_why.remove(&pid);
-                if let Err(err) = load_ranges(bpf, pid, python_kind(), &ranges) {
-                    warn!("pid {pid}: Python frames missing: cannot load its code ranges: {err}");
+                if let Err(err) = load_ranges(bpf, pid, kind, &ranges) {
+                    warn!("pid {pid}: {name} frames missing: cannot load its code ranges: {err}");
                     return Vec::new();
                 }
                 if self.status.get(&pid) != Some(&status) {
-                    info!(
-                        "pid {pid}: Python {} ({}): Python frames on; object allocator: {}",
-                        status.version,
-                        status.object,
-                        status.details.get("object_allocator").map_or("-", String::as_str)
-                    );
+                    match status.details.get("object_allocator") {
+                        Some(alloc) => info!(
+                            "pid {pid}: {name} {} ({}): {name} frames on; object allocator: {alloc}",
+                            status.version, status.object
+                        ),
+                        None => info!("pid {pid}: {name} {} ({}): {name} frames on", status.version, status.object),
+                    }
                 }
                 self.status.insert(pid, status);
                 probes
@@ -198,7 +239,7 @@ impl Runtimes {
                 self.pending_why.remove(&pid);
                 if self.status.get(&pid) != Some(&status) {
                     warn!(
-                        "pid {pid}: Python frames missing: {} ({}): {}",
+                        "pid {pid}: {name} frames missing: {} ({}): {}",
                         status.version,
                         status.object,
                         status.why.as_deref().unwrap_or("")
@@ -250,6 +291,7 @@ impl Runtimes {
         self.pending.remove(&pid);
         remove_ranges(bpf, pid);
         self.python.forget(bpf, pid);
+        self.v8.forget(bpf, pid);
     }
 
     /// Names the runtime frames of a new stack of `pid` now, while its memory is readable.
@@ -283,29 +325,36 @@ impl Runtimes {
         out
     }
 
-    /// A frame to add at the leaf of a stack (leaf first) that a runtime recognises as its own
-    /// heap (CPython's pymalloc arenas, when its objects are not tracked one by one).
-    pub fn heap_frame(&self, pid: u32, stack: &[u64]) -> Option<Frame> {
-        self.python.arena_frame(pid, stack)
+    /// A frame to add at the leaf of a stack (`stack`: its addresses, leaf first; `frames`: named,
+    /// outermost first) that a runtime recognises as its own heap: CPython's pymalloc arenas,
+    /// when its objects are not tracked one by one; the pages V8 maps for its heap.
+    pub fn heap_frame(&self, pid: u32, stack: &[u64], frames: &[Frame]) -> Option<Frame> {
+        self.python.arena_frame(pid, stack).or_else(|| self.v8.heap_frame(pid, frames))
     }
 
     /// Frames that could not be named, by reason (for `summary.json`).
     pub fn unresolved(&self) -> BTreeMap<String, u64> {
-        self.python.unresolved()
+        let mut out = self.python.unresolved();
+        for (why, n) in self.v8.unresolved() {
+            *out.entry(format!("js_{why}")).or_default() += n;
+        }
+        out
+    }
+
+    /// JS frames named, by tier, and inlined JS frames expanded (for `summary.json`).
+    pub fn js_tiers(&self) -> (BTreeMap<&'static str, u64>, u64) {
+        self.v8.tiers()
     }
 }
 
 impl RuntimeFrames for Runtimes {
     fn frames(&mut self, pid: u32, slot: u64, detail: u64) -> Vec<Frame> {
         match slot_kind(slot) {
-            Some(k) if k == python_kind() => vec![self.python.frame(pid, slot, detail)],
+            Some(RUNTIME_PYTHON) => vec![self.python.frame(pid, slot, detail)],
+            Some(RUNTIME_V8) => self.v8.frames(pid, slot, detail),
             _ => vec![unnamed(slot)],
         }
     }
-}
-
-fn python_kind() -> u32 {
-    memprof_common::runtime::RUNTIME_PYTHON
 }
 
 /// Takes `pid`'s runtime code ranges back from the walker.

@@ -27,7 +27,7 @@ const SUITES: [(&str, u32, bool, &str); 5] = [
     ("bullseye", 9, false, "python3"),
     ("jammy", 10, true, "python3"),
     ("noble", 12, true, "python3"),
-    ("trixie", 13, false, "python3"),
+    ("trixie", 13, false, "python3,nodejs"),
     // 3.15 too: an interpreter memprof does not walk (its degraded path is tested).
     ("sid", 14, false, "python3.14,python3.15"),
 ];

@@ -78,7 +78,7 @@ impl BytecodeSizes {
     /// The size of bytecode `op` at operand scale row `scale` (0: single, 1: double, 2:
     /// quadruple).
     pub fn size(&self, scale: usize, op: u8) -> Option<u8> {
-        if scale > 2 {
+        if scale > 2 || usize::from(op) >= self.count {
             return None;
         }
         self.sizes.get(scale * self.count + usize::from(op)).copied()
@@ -97,6 +97,8 @@ pub struct V8Elf {
     /// `v8dbg_*` symbols found in `.symtab` only (the rest are exported).
     pub v8dbg_static_only: usize,
     pub bytecode_sizes: Option<BytecodeSizes>,
+    /// The deoptimization translation opcodes (None: not found in this binary).
+    pub opcodes: Option<super::opcodes::Opcodes>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +192,8 @@ impl V8Elf {
             }
             Some(BytecodeSizes { count: sizes.len() / 3, sizes, table: w.table })
         });
-        Ok(Some(V8Elf { name: name.to_string(), version, v8dbg, v8dbg_static_only, bytecode_sizes }))
+        let opcodes = super::opcodes::find(&obj);
+        Ok(Some(V8Elf { name: name.to_string(), version, v8dbg, v8dbg_static_only, bytecode_sizes, opcodes }))
     }
 
     /// A metadata value by its name without `v8dbg_`.
