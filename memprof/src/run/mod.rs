@@ -1,6 +1,7 @@
 //! One profiling run: validate the input ([`resolve`]), load and attach, collect until the end
 //! ([`session`]), write the artifacts ([`finish`]).
 
+mod export;
 mod finish;
 mod log_limit;
 pub(crate) use log_limit::{SKIPPED as SKIPPED_LOG, UNBOUNDED as UNBOUNDED_LOG};
@@ -59,6 +60,8 @@ pub struct Config {
     pub runtimes_off: Option<String>,
     /// Probe Python's object allocator where the build allows it (not `--no-python-objects`).
     pub python_objects: bool,
+    /// `--metrics`, `--pyroscope`: started here (the address bound), fed at every snapshot.
+    pub export: crate::export::Exporters,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -129,6 +132,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
     };
     let output = opt.output.clone().unwrap_or_else(|| default_output(&label));
     check_writable(&output).map_err(Failure::Input)?;
+    let export = export::start(&opt, &label, pid).map_err(|e| Failure::Input(e.to_string()))?;
     let dwarf = opt.unwind == crate::cli::Unwind::Dwarf;
     let (task_fsbase, runtimes_off) = if opt.no_python {
         (0, Some("--no-python".to_string()))
@@ -164,6 +168,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
         probe_placement: !opt.no_probe_placement,
         runtimes_off,
         python_objects: !opt.no_python_objects,
+        export,
     })
 }
 
