@@ -237,11 +237,8 @@ fn serve_connection(stream: TcpStream, answer: Answer, rec: &Mutex<Vec<Received>
             body
         };
         let (path, q) = target.split_once('?').unwrap_or((&target, ""));
-        let query = q
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (url_decode(k), url_decode(v)))
-            .collect();
+        let query =
+            q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (url_decode(k), url_decode(v))).collect();
         rec.lock().unwrap().push(Received { path: path.to_string(), query, headers, body, at: Instant::now() });
         let status = if answer == Answer::Accept { "200 OK" } else { "503 Service Unavailable" };
         if write!(out, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").is_err() {

@@ -61,8 +61,7 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` (an error if it is taken) and serves `/metrics` from a thread of its own.
     pub fn start(addr: SocketAddr, target: &str) -> Result<Self, ExportError> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| ExportError::Listen { addr, reason: e.to_string() })?;
+        let server = tiny_http::Server::http(addr).map_err(|e| ExportError::Listen { addr, reason: e.to_string() })?;
         let addr = server.server_addr().to_ip().unwrap_or(addr);
         let families = Arc::new(Families::default());
         let mut registry = Registry::default();
@@ -141,12 +140,28 @@ impl Drop for MetricsServer {
 }
 
 fn register(r: &mut Registry, f: &Families) {
-    r.register("memprof_tracked_bytes", "Outstanding bytes memprof tracks (allocations not freed, accessible anonymous mappings)", f.tracked.clone());
+    r.register(
+        "memprof_tracked_bytes",
+        "Outstanding bytes memprof tracks (allocations not freed, accessible anonymous mappings)",
+        f.tracked.clone(),
+    );
     r.register("memprof_rss_bytes", "Resident set size of the target's processes, summed", f.rss.clone());
     r.register("memprof_cgroup_usage_bytes", "Memory usage of the target's memory cgroup", f.cgroup_usage.clone());
-    r.register("memprof_cgroup_limit_bytes", "Memory limit of the target's memory cgroup (absent when unlimited)", f.cgroup_limit.clone());
-    r.register("memprof_oom_eta_seconds", "Seconds until the cgroup reaches its limit at the current growth (absent without a limit or growth)", f.oom_eta.clone());
-    r.register("memprof_top_leak_growth_bytes_per_second", "Growth rate of the fastest-growing stack classified as a leak (0 when none is)", f.top_leak_growth.clone());
+    r.register(
+        "memprof_cgroup_limit_bytes",
+        "Memory limit of the target's memory cgroup (absent when unlimited)",
+        f.cgroup_limit.clone(),
+    );
+    r.register(
+        "memprof_oom_eta_seconds",
+        "Seconds until the cgroup reaches its limit at the current growth (absent without a limit or growth)",
+        f.oom_eta.clone(),
+    );
+    r.register(
+        "memprof_top_leak_growth_bytes_per_second",
+        "Growth rate of the fastest-growing stack classified as a leak (0 when none is)",
+        f.top_leak_growth.clone(),
+    );
     // Counters: the text encoder appends `_total`.
     r.register("memprof_lost_events", "Events memprof lost or could not record, by kind", f.lost.clone());
     r.register("memprof_oom_kills", "Target processes the kernel OOM-killed", f.oom_kills.clone());

@@ -74,7 +74,12 @@ pub struct Exporters {
 impl Exporters {
     /// Binds the metrics address and starts the push thread; an address in use or bad
     /// credentials are errors. `service_name` names the target in Pyroscope.
-    pub fn start(opts: &ExportOptions, target: &str, service_name: &str, interval: Duration) -> Result<Self, ExportError> {
+    pub fn start(
+        opts: &ExportOptions,
+        target: &str,
+        service_name: &str,
+        interval: Duration,
+    ) -> Result<Self, ExportError> {
         let metrics = opts.metrics.map(|addr| MetricsServer::start(addr, target)).transpose()?;
         let pyroscope = match &opts.pyroscope {
             Some(url) => {
@@ -114,7 +119,12 @@ impl Exporters {
     /// Queues the profiles of the interval that ends `now` (it began where the last one ended,
     /// or at `started`): `groups` are the live stacks of the target (pid `None`) or of each
     /// process.
-    pub fn push_profiles(&mut self, groups: Vec<(Option<u32>, Vec<StackReport>)>, started: SystemTime, now: SystemTime) {
+    pub fn push_profiles(
+        &mut self,
+        groups: Vec<(Option<u32>, Vec<StackReport>)>,
+        started: SystemTime,
+        now: SystemTime,
+    ) {
         let Some(pusher) = &self.pyroscope else { return };
         let from = self.last_until.unwrap_or(started);
         let now = now.max(from);

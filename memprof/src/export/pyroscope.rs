@@ -90,7 +90,14 @@ pub struct PyroscopeConfig {
 }
 
 impl PyroscopeConfig {
-    pub fn new(url: &str, tenant: Option<String>, auth: Option<Auth>, service_name: &str, pid_label: bool, interval: Duration) -> Self {
+    pub fn new(
+        url: &str,
+        tenant: Option<String>,
+        auth: Option<Auth>,
+        service_name: &str,
+        pid_label: bool,
+        interval: Duration,
+    ) -> Self {
         Self {
             url: url.trim_end_matches('/').to_string(),
             tenant,
@@ -356,7 +363,8 @@ mod tests {
     fn a_dead_server_drops_pushes_and_the_queue_stays_bounded() {
         // A port nothing listens on: every try fails at once.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut c = PyroscopeConfig::new(&format!("http://127.0.0.1:{port}"), None, None, "s", false, Duration::from_secs(1));
+        let mut c =
+            PyroscopeConfig::new(&format!("http://127.0.0.1:{port}"), None, None, "s", false, Duration::from_secs(1));
         c.backoff = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(20), attempts: 2 };
         let p = Pusher::start(c).unwrap();
         let push = Push { pid: None, from: 1, until: 2, body: vec![0; 1000] };

@@ -37,7 +37,10 @@ pub(super) fn start(opt: &Opt, label: &str, pid: Option<u32>) -> Result<Exporter
         log::info!("metrics at http://{}/metrics", m.addr());
     }
     if let Some(url) = &opt.pyroscope {
-        log::info!("pushing profiles to {url} every {} as service {service:?}", humantime::format_duration(opt.interval));
+        log::info!(
+            "pushing profiles to {url} every {} as service {service:?}",
+            humantime::format_duration(opt.interval)
+        );
     }
     Ok(exporters)
 }
@@ -85,7 +88,8 @@ impl Session {
 
     /// The fastest growth among the stacks now classified as leaks.
     fn top_leak_growth(&self, stacks: &[StackReport]) -> f64 {
-        let totals: HashMap<Vec<String>, u64> = stacks.iter().map(|s| (s.frames.clone(), s.total_allocations)).collect();
+        let totals: HashMap<Vec<String>, u64> =
+            stacks.iter().map(|s| (s.frames.clone(), s.total_allocations)).collect();
         analyze::classify_all(&self.history, &totals)
             .into_iter()
             .filter(|(frames, v)| v.class == Class::Leak && totals.contains_key(frames))
