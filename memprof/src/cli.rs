@@ -102,6 +102,27 @@ pub struct Opt {
     #[arg(long)]
     pub no_uprobe_session: bool,
 
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (text format): tracked bytes, RSS,
+    /// cgroup usage and limit, time to OOM, the top leak's growth, lost events, OOM kills,
+    /// processes, labelled by target. `127.0.0.1:9464`, `[::1]:9464`, or `:9464` (all addresses).
+    #[arg(long, value_name = "ADDR", value_parser = crate::export::parse_listen_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Push every interval's profile (pprof) to Grafana Pyroscope's ingest API at URL
+    /// (`http://pyroscope:4040`). Credentials from the environment only:
+    /// MEMPROF_PYROSCOPE_BASIC_AUTH=user:password or MEMPROF_PYROSCOPE_TOKEN=bearer-token.
+    #[arg(long, value_name = "URL", value_parser = crate::export::parse_pyroscope_url)]
+    pub pyroscope: Option<String>,
+
+    /// Pyroscope tenant (sent as `X-Scope-OrgID`).
+    #[arg(long, value_name = "ID", requires = "pyroscope")]
+    pub pyroscope_tenant: Option<String>,
+
+    /// Push one profile per process, with a `pid` label (default: one profile for the target,
+    /// labelled `service_name` only).
+    #[arg(long, requires = "pyroscope")]
+    pub pyroscope_pid: bool,
+
     /// More log output (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -7,6 +7,7 @@ pub mod attach;
 pub mod analyze;
 pub mod cli;
 pub mod collect;
+pub mod export;
 pub mod output;
 pub mod report;
 pub mod run;

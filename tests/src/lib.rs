@@ -40,6 +40,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 pub mod container;
+pub mod export;
 pub mod python;
 pub mod dom;
 pub mod memory_cgroup;

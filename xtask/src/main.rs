@@ -250,6 +250,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     // The Python tests (tests/src/python.rs): container roots of other distributions.
     "debootstrap",
+    // The export test (tests/tests/export.rs): a real Prometheus scrapes `--metrics`.
+    "prometheus",
 ];
 
 fn setup() -> Result<()> {

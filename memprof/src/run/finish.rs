@@ -64,6 +64,7 @@ impl Session {
             tracked_bytes,
             usage,
         );
+        self.finish_export(&snap, &stacks, (usage, limit, rss), &mut lost, &mut stats);
         let mut stacks = stacks;
         let verdicts = self.classify(&mut stacks);
         let mut functions = analyze::functions::by_function(&stacks);

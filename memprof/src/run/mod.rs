@@ -1,6 +1,7 @@
 //! One profiling run: validate the input ([`resolve`]), load and attach, collect until the end
 //! ([`session`]), write the artifacts ([`finish`]).
 
+mod export;
 mod finish;
 mod log_limit;
 pub(crate) use log_limit::{SKIPPED as SKIPPED_LOG, UNBOUNDED as UNBOUNDED_LOG};
@@ -57,6 +58,8 @@ pub struct Config {
     pub probe_placement: bool,
     /// Which runtimes' frames are read (and why not).
     pub runtimes: crate::runtime::RuntimeChoice,
+    /// `--metrics`, `--pyroscope`: started here (the address bound), fed at every snapshot.
+    pub export: crate::export::Exporters,
 }
 
 /// Entry point of the binary: runs and maps the outcome to an exit code.
@@ -127,6 +130,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
     };
     let output = opt.output.clone().unwrap_or_else(|| default_output(&label));
     check_writable(&output).map_err(Failure::Input)?;
+    let export = export::start(&opt, &label, pid).map_err(|e| Failure::Input(e.to_string()))?;
     let dwarf = opt.unwind == crate::cli::Unwind::Dwarf;
     let mut runtimes = crate::runtime::RuntimeChoice { objects: !opt.no_python_objects, ..Default::default() };
     if opt.no_node {
@@ -170,6 +174,7 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
         },
         probe_placement: !opt.no_probe_placement,
         runtimes,
+        export,
     })
 }
 

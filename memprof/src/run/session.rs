@@ -596,7 +596,7 @@ impl Session {
             cgroup_usage_bytes: None,
             rss_bytes: None,
         };
-        let (usage, _, rss) = self.memory_now();
+        let (usage, limit, rss) = self.memory_now();
         let info = SnapshotInfo { cgroup_usage_bytes: usage, rss_bytes: rss, ..info };
         let functions = analyze::functions::series_entries(&stacks);
         self.history.record(
@@ -625,14 +625,16 @@ impl Session {
         }
         info!(
             target: if due { crate::run::UNBOUNDED_LOG } else { crate::run::SKIPPED_LOG },
-            "[{:>6.1}s] {} live in {} allocations, {} stacks, {} processes; lost events: {lost}",
+            "[{:>6.1}s] {} live in {} allocations, {} stacks, {} processes; lost events: {lost}{}",
             info.elapsed_s,
             output::human_bytes(info.live_bytes),
             info.live_allocations,
             stacks.len(),
             self.processes.values().filter(|p| p.alive).count(),
+            self.export_note(),
         );
         self.snapshots.push(info);
+        self.export_snapshot(&snap, &stacks, (usage, limit, rss));
         let title = format!("{} — snapshot {index}", self.title());
         output::write_snapshot(&self.config.output, index, &stacks, &title)
             .with_context(|| format!("failed to write snapshot {index}"))?;
