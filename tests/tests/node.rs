@@ -52,7 +52,7 @@ fn js_frames(stack: &Value) -> Vec<&Value> {
 
 /// Per site, from the summary of a run of `node_sites.js`.
 fn sites(summary: &Value) -> BTreeMap<&'static str, Site> {
-    let caller_line = fixture_line("leakyHandler(i);");
+    let caller_line = fixture_line("leakyHandler(i, into);");
     let mut out: BTreeMap<&'static str, Site> = SITES.iter().map(|&s| (s, Site::default())).collect();
     for s in stacks(summary) {
         if !frames(s).iter().any(|f| f.contains("NodeArrayBufferAllocator::Allocate")) {

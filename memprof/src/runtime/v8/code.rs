@@ -105,7 +105,9 @@ impl CodeCache {
         let mut top = pc & !7;
         let low = pc.saturating_sub(MAX_SCAN);
         while top > low {
-            let base = top.saturating_sub(SCAN_CHUNK).max(low);
+            // Page-aligned reads: a read that crossed into an unmapped guard page before a code
+            // page would fail whole.
+            let base = ((top - 1) & !(SCAN_CHUNK - 1)).max(low);
             self.scan_reads += 1;
             let raw = read_bytes(mem, base, top - base, "code")?;
             for (k, w) in raw.chunks_exact(8).enumerate().rev() {
@@ -159,12 +161,12 @@ pub fn read_code<M: Memory + ?Sized>(mem: &M, layout: &Layout, code: u64) -> Res
     if size == 0 || size > 64 << 20 {
         return Err(HeapError::Bad { what: "Code", addr: code, why: "implausible instruction size" });
     }
-    // Maglev and TurboFan follow Baseline in every CodeKind list since V8 10.2.
+    // Maglev and TurboFan follow Baseline in every CodeKind list since V8 10.2 (Maglev is in
+    // 10.2's list too, unused).
     let tier = match kind.checked_sub(layout.code_kind_baseline) {
         Some(0) => Tier::Baseline,
-        Some(1) if layout.version.major >= 11 => Tier::Maglev,
-        Some(1) => Tier::Turbofan,
-        Some(2) if layout.version.major >= 11 => Tier::Turbofan,
+        Some(1) => Tier::Maglev,
+        Some(2) => Tier::Turbofan,
         _ => Tier::Other(kind),
     };
     Ok(CodeInfo { code, start, size, tier })

@@ -229,7 +229,9 @@ impl V8Process {
     /// The frames of optimised `code` at `pc` from its lazy deopt point (innermost first), when
     /// it has one and it reads right.
     fn translated(&mut self, sfi: u64, code: &code::CodeInfo, pc: u64, stats: &mut Stats) -> Option<Vec<Frame>> {
-        let ops = self.opcodes.clone()?;
+        // The translation format read here is V8's since 10.5 (basis translations matched with
+        // MATCH_PREVIOUS_TRANSLATION); an older one is left to the position tables.
+        let ops = self.opcodes.clone().filter(|o| o.id("MATCH_PREVIOUS_TRANSLATION").is_some())?;
         let frames = match translation::frames_at(&self.mem, &self.layout, &ops, code, pc) {
             Ok(Some(f)) if !f.is_empty() => f,
             Ok(_) => return None,
