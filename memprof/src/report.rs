@@ -305,6 +305,9 @@ pub struct RuntimesInfo {
     pub js_tiers: BTreeMap<String, u64>,
     /// Inlined JS frames expanded from optimised code.
     pub js_inlined_frames: u64,
+    /// Live bytes of the pages V8 mapped for its own heap (stacks ending in `[V8 heap]`): JS
+    /// objects, apart from native memory (Buffers' backing stores, addons).
+    pub js_heap_bytes: u64,
 }
 
 impl RuntimesInfo {
@@ -349,6 +352,12 @@ impl RuntimesInfo {
             if self.js_inlined_frames > 0 {
                 line.push_str(&format!(", {} inlined frames expanded", self.js_inlined_frames));
             }
+        }
+        if self.js_heap_bytes > 0 {
+            line.push_str(&format!(
+                "; V8 heap pages {:.1} MiB live (under [V8 heap]; the rest of the tracked memory is native: Buffers, addons)",
+                self.js_heap_bytes as f64 / (1 << 20) as f64
+            ));
         }
         let failed: u64 = self.js_walk_failed.values().sum();
         if failed > 0 {

@@ -269,3 +269,21 @@ fn names_js_frames_of_a_running_node() {
     assert_eq!(kind & layout.string_representation_mask, layout.external_string_tag, "node:internal/timers's source is external");
     drop(node_proc);
 }
+
+/// The host's node (V8 11.3) carries its deoptimization translation opcode tables, found by
+/// content (`runtime/v8/opcodes.rs`): names and operand counts agree with V8 11.3's
+/// `translation-opcode.h`.
+#[test]
+fn translation_opcodes_of_the_host_node() {
+    let node = which_node();
+    let real = std::fs::canonicalize(&node).unwrap();
+    let elf = V8Elf::read(&real, "node").unwrap().expect("node has v8dbg metadata");
+    let ops = elf.opcodes.expect("the opcode tables of the host's node");
+    assert_eq!(ops.names.len(), ops.counts.len());
+    let count = |name: &str| ops.id(name).map(|i| ops.counts[usize::from(i)]);
+    assert_eq!(count("BEGIN_WITH_FEEDBACK"), Some(3), "{ops:?}");
+    assert_eq!(count("INTERPRETED_FRAME_WITH_RETURN"), Some(5), "{ops:?}");
+    assert_eq!(count("INTERPRETED_FRAME_WITHOUT_RETURN"), Some(3), "{ops:?}");
+    assert_eq!(count("MATCH_PREVIOUS_TRANSLATION"), Some(1), "{ops:?}");
+    assert_eq!(count("OPTIMIZED_OUT"), Some(0), "{ops:?}");
+}

@@ -171,6 +171,23 @@ fn js_frames_without_flags() {
     drop(fx);
 }
 
+/// The same with `--perf-basic-prof`: V8 writes a perf map that could name the JIT frames, but
+/// V8's own frames win (and name the inlined function the map cannot).
+#[test]
+fn js_frames_win_over_the_perf_map() {
+    require_root();
+    let cg = TestCgroup::new();
+    let mut fx = Fixture::start_node("node_sites.js", &["--perf-basic-prof"], &[], Some(&cg));
+    let p = profile_fixture(&mut fx, &["--cgroup".into(), cg.name()], "node-sites-perf-map");
+    let map = std::fs::read_to_string(perf_map_path(fx.pid())).unwrap_or_default();
+    let mut failures = check_sites(&p.summary, &p.truth, true);
+    if !map.lines().any(|l| l.contains("serveRequests")) {
+        failures.push(format!("node wrote no perf map naming serveRequests ({} lines)", map.lines().count()));
+    }
+    report_failures("js_frames_win_over_the_perf_map", failures, &p.summary);
+    drop(fx);
+}
+
 /// Node in a podman container of Debian 13, with the container's own node (`libnode.so.115`).
 #[test]
 fn js_frames_in_a_container() {

@@ -1,9 +1,10 @@
-//! memprof's development tasks: `cargo xtask setup|build|test|demo|bench|soak`.
+//! memprof's development tasks: `cargo xtask setup|build|test|demo|bench|bench-node|soak`.
 //!
 //! Kept light on purpose: no dependency on the memprof crates.
 
 mod bench;
 mod demo;
+mod bench_node;
 mod bench_python;
 mod soak;
 
@@ -51,6 +52,14 @@ enum Task {
         /// `bench/python/`): replaces BENCHMARKS.md's Python sections, keeps the rest.
         #[arg(long)]
         python_only: bool,
+    },
+    /// Setup, build, then measure what memprof's JS stack walk (Node, read from V8) costs per
+    /// recorded allocation by JS stack depth, and write BENCHMARKS.md's Node section (root
+    /// needed).
+    BenchNode {
+        /// One run of 5000 allocations per cell instead of three of 20000.
+        #[arg(long)]
+        quick: bool,
     },
     /// Setup, build, then a compressed multi-day run: memprof on a cgroup holding a steady
     /// leaker, a cache and ~20 short-lived processes a second, at a short snapshot interval; its
@@ -102,6 +111,11 @@ fn run_task(task: Task) -> Result<()> {
             } else {
                 bench::bench(quick)
             }
+        }
+        Task::BenchNode { quick } => {
+            setup()?;
+            build()?;
+            bench_node::bench_node(quick)
         }
         Task::Soak { duration, interval } => {
             setup()?;

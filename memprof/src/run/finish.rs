@@ -89,6 +89,11 @@ impl Session {
         let mut stack_quality = StackQuality::of(&stacks, self.config.sizes.dwarf);
         stack_quality.tables = self.unwinder.as_ref().map(|u| u.stats.clone());
         let js_tiers = self.runtimes.js_tiers();
+        let js_heap_bytes: u64 = stacks
+            .iter()
+            .filter(|s| s.frames.last().is_some_and(|f| f == crate::runtime::v8::V8_HEAP_FRAME))
+            .map(|s| s.bytes)
+            .sum();
         let report = Report {
             target: self.config.label.clone(),
             cgroup: self.config.cgroup.as_ref().map(|c| c.rel.clone()),
@@ -153,6 +158,7 @@ impl Session {
                     .collect(),
                 js_tiers: js_tiers.0.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 js_inlined_frames: js_tiers.1,
+                js_heap_bytes,
             },
             functions,
         };
