@@ -252,6 +252,10 @@ const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     // The export test (tests/tests/export.rs): a real Prometheus scrapes `--metrics`.
     "prometheus",
+    // The Docker test (tests/tests/docker.rs): a private dockerd; the Kubernetes `--pod` test
+    // (tests/tests/kubernetes.rs): a private containerd (1.6) with its `ctr`.
+    "docker.io",
+    "containerd",
 ];
 
 fn setup() -> Result<()> {
