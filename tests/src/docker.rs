@@ -266,7 +266,7 @@ fn mounts_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Detaches the mounts left below `dir` and removes it.
-fn clean_run_dir(dir: &Path) {
+pub(crate) fn clean_run_dir(dir: &Path) {
     for m in mounts_below(dir) {
         let Ok(c) = std::ffi::CString::new(m.as_os_str().as_bytes()) else {
             continue;

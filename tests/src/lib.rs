@@ -40,6 +40,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 pub mod container;
+pub mod containerd;
 pub mod docker;
 pub mod export;
 pub mod python;
