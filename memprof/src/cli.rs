@@ -10,8 +10,18 @@ use clap::Parser;
 pub struct Opt {
     /// The cgroup to profile (with its descendants): an absolute path, a path relative to the
     /// cgroup v2 mount, or a directory name searched in the cgroup v2 tree.
-    #[arg(long, value_name = "PATH|NAME", required_unless_present = "pid", conflicts_with = "pid")]
+    #[arg(long, value_name = "PATH|NAME", required_unless_present_any = ["pid", "pod"], conflicts_with_all = ["pid", "pod"])]
     pub cgroup: Option<String>,
+
+    /// A Kubernetes pod on this node: its cgroup, found through containerd (namespace k8s.io;
+    /// socket /run/containerd/containerd.sock or MEMPROF_CONTAINERD_SOCKET) or CRI-O
+    /// (/run/crio/crio.sock or MEMPROF_CRIO_SOCKET).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "pid", value_parser = crate::target::kube::parse_pod)]
+    pub pod: Option<crate::target::kube::PodRef>,
+
+    /// With --pod: only this container of the pod.
+    #[arg(long, value_name = "NAME", requires = "pod")]
+    pub container: Option<String>,
 
     /// Profile one process instead of a cgroup.
     #[arg(long, value_name = "PID")]
@@ -138,7 +148,7 @@ pub fn usage_error(err: clap::Error) -> std::process::ExitCode {
     }
     let line = match err.kind() {
         ErrorKind::MissingRequiredArgument if err.to_string().contains("--cgroup") => {
-            "no target: name one with --cgroup PATH|NAME or --pid PID".to_string()
+            "no target: name one with --cgroup PATH|NAME, --pod NAMESPACE/NAME or --pid PID".to_string()
         }
         _ => one_line(&err.render().to_string()),
     };

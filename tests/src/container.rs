@@ -438,7 +438,9 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-fn populate_rootfs(rootfs: &Path) -> Result<()> {
+/// Builds the fixture image's rootfs (see the module docs) in `rootfs`: also what the Docker and
+/// containerd tests import.
+pub fn populate_rootfs(rootfs: &Path) -> Result<()> {
     for d in ["bin", "lib64", "out", "tmp", "etc", "proc", "sys", "dev"] {
         fs::create_dir_all(rootfs.join(d))?;
     }
@@ -601,7 +603,7 @@ fn ldd(exe: &Path) -> Result<Vec<String>> {
 }
 
 /// A content hash of a folder: names, types, modes, link targets and file contents.
-fn fingerprint_tree(root: &Path) -> Result<String> {
+pub fn fingerprint_tree(root: &Path) -> Result<String> {
     fn walk(dir: &Path, rel: &Path, h: &mut DefaultHasher) -> Result<()> {
         let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
         entries.sort_by_key(|e| e.file_name());
@@ -1049,6 +1051,21 @@ pub fn ns_pid_of(pid: u32) -> Option<u32> {
     line.split_whitespace().last()?.parse().ok()
 }
 
+/// The PIDs of the processes of cgroup `dir` and its descendants.
+pub fn tree_pids(dir: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(tree_pids(&e.path()));
+        }
+    }
+    out
+}
+
 /// A fixture running inside a container, read through its stdout file in the `/out` folder.
 #[derive(Debug)]
 pub struct ContainerFixture {
@@ -1064,6 +1081,48 @@ pub struct ContainerFixture {
 }
 
 impl ContainerFixture {
+    /// The fixture `label` of a container run by another engine (Docker, containerd) from
+    /// [`IMAGE`]'s rootfs with `/start.sh`, its `/out` at `out_dir`: waits for its `ready <pid>`
+    /// line and finds its host PID among the processes of `cgroup` (and its descendants).
+    pub fn open(
+        label: &str,
+        container: &str,
+        out_dir: &Path,
+        cgroup: &Path,
+        timeout: Duration,
+    ) -> Result<ContainerFixture> {
+        let mut fx = ContainerFixture {
+            label: label.into(),
+            container: container.into(),
+            out: out_dir.join(format!("{label}.out")),
+            err: out_dir.join(format!("{label}.err")),
+            consumed: 0,
+            ns_pid: 0,
+            host_pid: 0,
+        };
+        let deadline = Instant::now() + timeout;
+        let line = fx.next_line(timeout)?;
+        fx.ns_pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| anyhow!("{}: expected `ready <pid>`, got {line:?}", fx.what()))?;
+        loop {
+            let pids = tree_pids(cgroup);
+            if let Some(p) = pids.into_iter().find(|&p| ns_pid_of(p) == Some(fx.ns_pid)) {
+                fx.host_pid = p;
+                return Ok(fx);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{}: no process of {} has NSpid {}",
+                fx.what(),
+                cgroup.display(),
+                fx.ns_pid
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn what(&self) -> String {
         format!(
             "fixture {} in container {} (pid {} inside, {} on the host)",

@@ -40,6 +40,8 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 pub mod container;
+pub mod containerd;
+pub mod docker;
 pub mod export;
 pub mod python;
 pub mod dom;
@@ -124,7 +126,7 @@ pub fn memprof_bin() -> PathBuf {
 }
 
 /// Undoes the octal escapes (`\040` for a space) of a `/proc/self/mountinfo` field.
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

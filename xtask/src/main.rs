@@ -266,6 +266,10 @@ const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     // The export test (tests/tests/export.rs): a real Prometheus scrapes `--metrics`.
     "prometheus",
+    // The Docker test (tests/tests/docker.rs): a private dockerd; the Kubernetes `--pod` test
+    // (tests/tests/kubernetes.rs): a private containerd (1.6) with its `ctr`.
+    "docker.io",
+    "containerd",
 ];
 
 fn setup() -> Result<()> {
@@ -273,6 +277,27 @@ fn setup() -> Result<()> {
     setup_nightly()?;
     setup_bpf_linker()?;
     setup_tracefs()?;
+    setup_kube_validator()?;
+    Ok(())
+}
+
+/// The version of `kubernetes-validate` (PyPI; it ships the Kubernetes schemas, so validating
+/// needs no network) that checks `deploy/kubernetes/` (tests/tests/deploy.rs).
+const KUBE_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// `target/tools/kubernetes-validate/`: a Python virtual environment with [`KUBE_VALIDATE`],
+/// created once (again when the pinned version changes).
+fn setup_kube_validator() -> Result<()> {
+    let venv = target_dir().join("tools/kubernetes-validate");
+    let stamp = venv.join("memprof-installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBE_VALIDATE) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {KUBE_VALIDATE} into {}", venv.display());
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBE_VALIDATE]))?;
+    std::fs::write(&stamp, KUBE_VALIDATE)?;
     Ok(())
 }
 

@@ -116,6 +116,11 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
         ));
     }
     let (label, scope, cgroup, pid) = match (&opt.cgroup, opt.pid) {
+        _ if opt.pod.is_some() => {
+            let cg = resolve_pod(&opt)?;
+            let label = [opt.pod.as_ref().map(|p| p.to_string()), opt.container.clone()].into_iter().flatten().collect::<Vec<_>>().join("/");
+            (label, Scope::Cgroup { id: cg.id, level: cg.level }, Some(cg), None)
+        }
         (Some(spec), _) => {
             let mount = target::cgroup::find_cgroup2_mount().map_err(|e| Failure::Input(e.to_string()))?;
             let cg = resolve_cgroup_spec(spec, &mount)?;
@@ -176,6 +181,14 @@ pub fn resolve(opt: Opt) -> Result<Config, Failure> {
         runtimes,
         export,
     })
+}
+
+/// `--pod NAMESPACE/NAME [--container NAME]`: through containerd or CRI-O (see `target::kube`).
+fn resolve_pod(opt: &Opt) -> Result<CgroupTarget, Failure> {
+    let input = |e: &dyn std::fmt::Display| Failure::Input(e.to_string());
+    let mount = target::cgroup::find_cgroup2_mount().map_err(|e| input(&e))?;
+    let pod = opt.pod.as_ref().expect("--pod");
+    target::kube::resolve_pod(pod, opt.container.as_deref(), &mount).map(|t| t.cgroup).map_err(|e| input(&e))
 }
 
 /// `--cgroup`: a path is taken as a cgroup path; a name is asked of the container engine

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod engine;
+pub mod kube;
 pub mod maps;
 pub mod memory;
 pub mod procs;
