@@ -168,11 +168,12 @@ fn pyroscope_receives_every_interval_as_pprof() {
     assert_eq!(summary["lost"]["pushes_dropped"], 0, "{}", summary["lost"]);
     assert_eq!(summary["stats"]["pyroscope_pushes"].as_u64(), Some(pushes.len() as u64));
     let svc = cg.name();
+    let node = node_label();
     let profiles: Vec<DecodedProfile> = pushes.iter().map(|p| decode_pprof(&p.body)).collect();
     for (i, (push, prof)) in pushes.iter().zip(&profiles).enumerate() {
         assert_eq!(push.path, "/ingest");
         let q = |k: &str| push.query.get(k).map(String::as_str);
-        assert_eq!(q("name"), Some(format!("{svc}{{service_name={svc}}}").as_str()), "push {i}: {:?}", push.query);
+        assert_eq!(q("name"), Some(format!("{svc}{{service_name={svc},node={node}}}").as_str()), "push {i}: {:?}", push.query);
         assert_eq!(q("format"), Some("pprof"));
         assert_eq!(q("spyName"), Some("memprof"));
         assert_eq!(push.headers.get("x-scope-orgid").map(String::as_str), Some("team-a"));
@@ -245,7 +246,7 @@ fn pyroscope_pid_label_only_when_asked() {
     let pushes = server.received();
     assert!(!pushes.is_empty());
     let svc = cg.name();
-    let name = format!("{svc}{{service_name={svc},pid={}}}", truth.pid);
+    let name = format!("{svc}{{service_name={svc},node={},pid={}}}", node_label(), truth.pid);
     assert!(pushes.iter().any(|p| p.query.get("name") == Some(&name)), "no push named {name}");
     for p in &pushes {
         assert_eq!(p.headers.get("authorization").map(String::as_str), Some("Basic dXNlcjpwYTpzcw=="));
@@ -360,4 +361,16 @@ fn export_bad_input() {
     }
     let done = run(&["--pyroscope", "http://127.0.0.1:9"], &[("MEMPROF_PYROSCOPE_BASIC_AUTH", "no-colon")]);
     assert_usage_error(&done, "basic auth without a colon");
+}
+
+/// The `node` label memprof gives every push: the host name, sanitized as Pyroscope label values
+/// are (letters, digits, `_`, `-`, `.`).
+fn node_label() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("/proc/sys/kernel/hostname");
+    let out: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' })
+        .collect();
+    out.trim_matches('_').to_string()
 }

@@ -78,6 +78,7 @@ impl Exporters {
         opts: &ExportOptions,
         target: &str,
         service_name: &str,
+        labels: &[(String, String)],
         interval: Duration,
     ) -> Result<Self, ExportError> {
         let metrics = opts.metrics.map(|addr| MetricsServer::start(addr, target)).transpose()?;
@@ -89,6 +90,7 @@ impl Exporters {
                     opts.pyroscope_tenant.clone(),
                     auth,
                     service_name,
+                    labels,
                     opts.pyroscope_pid,
                     interval,
                 );

@@ -82,6 +82,9 @@ pub struct PyroscopeConfig {
     pub auth: Option<Auth>,
     /// The application name and `service_name` label.
     pub service_name: String,
+    /// More labels, in order (`node`; `namespace`, `pod`, `container` for `--pod`), values
+    /// sanitized.
+    pub labels: Vec<(String, String)>,
     /// One profile per process, labelled `pid`.
     pub pid_label: bool,
     /// Timeout of one request (connect, send, answer).
@@ -95,6 +98,7 @@ impl PyroscopeConfig {
         tenant: Option<String>,
         auth: Option<Auth>,
         service_name: &str,
+        labels: &[(String, String)],
         pid_label: bool,
         interval: Duration,
     ) -> Self {
@@ -103,6 +107,7 @@ impl PyroscopeConfig {
             tenant,
             auth,
             service_name: sanitize(service_name),
+            labels: labels.iter().filter(|(_, v)| !v.trim().is_empty()).map(|(k, v)| (k.clone(), sanitize(v))).collect(),
             pid_label,
             // Long enough for a loaded server, short enough that a hung one cannot hold more
             // than a few intervals' worth of pushes back.
@@ -111,9 +116,12 @@ impl PyroscopeConfig {
         }
     }
 
-    /// The ingest API's `name`: `APP{service_name=APP[,pid=PID]}`.
+    /// The ingest API's `name`: `APP{service_name=APP[,LABEL=VALUE…][,pid=PID]}`.
     pub fn name(&self, pid: Option<u32>) -> String {
         let mut name = format!("{0}{{service_name={0}", self.service_name);
+        for (k, v) in &self.labels {
+            name.push_str(&format!(",{k}={v}"));
+        }
         if let Some(pid) = pid.filter(|_| self.pid_label) {
             name.push_str(&format!(",pid={pid}"));
         }
@@ -340,11 +348,15 @@ mod tests {
 
     #[test]
     fn names_carry_service_name_and_pid_only_when_asked() {
-        let c = PyroscopeConfig::new("http://h:4040/", None, None, "api-service", false, Duration::from_secs(10));
+        let c = PyroscopeConfig::new("http://h:4040/", None, None, "api-service", &[], false, Duration::from_secs(10));
         assert_eq!(c.url, "http://h:4040");
         assert_eq!(c.name(Some(42)), "api-service{service_name=api-service}");
         let c = PyroscopeConfig { pid_label: true, ..c };
         assert_eq!(c.name(Some(42)), "api-service{service_name=api-service,pid=42}");
+        let labels = [("node", "node-1"), ("namespace", "shop"), ("pod", "web-7f9c"), ("container", "")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = PyroscopeConfig::new("http://h", None, None, "web-7f9c", &labels, true, Duration::from_secs(10));
+        assert_eq!(c.name(Some(7)), "web-7f9c{service_name=web-7f9c,node=node-1,namespace=shop,pod=web-7f9c,pid=7}");
         assert_eq!(sanitize("docker-ab12.scope"), "docker-ab12.scope");
         assert_eq!(sanitize("pid 42"), "pid_42");
         assert_eq!(sanitize("a{b}=c,d"), "a_b__c_d");
@@ -353,7 +365,7 @@ mod tests {
 
     #[test]
     fn timeouts_follow_the_interval_within_bounds() {
-        let t = |ms| PyroscopeConfig::new("http://h", None, None, "s", false, Duration::from_millis(ms)).timeout;
+        let t = |ms| PyroscopeConfig::new("http://h", None, None, "s", &[], false, Duration::from_millis(ms)).timeout;
         assert_eq!(t(200), Duration::from_secs(2));
         assert_eq!(t(5000), Duration::from_secs(5));
         assert_eq!(t(60_000), Duration::from_secs(10));
@@ -364,7 +376,7 @@ mod tests {
         // A port nothing listens on: every try fails at once.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut c =
-            PyroscopeConfig::new(&format!("http://127.0.0.1:{port}"), None, None, "s", false, Duration::from_secs(1));
+            PyroscopeConfig::new(&format!("http://127.0.0.1:{port}"), None, None, "s", &[], false, Duration::from_secs(1));
         c.backoff = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(20), attempts: 2 };
         let p = Pusher::start(c).unwrap();
         let push = Push { pid: None, from: 1, until: 2, body: vec![0; 1000] };

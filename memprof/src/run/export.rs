@@ -20,7 +20,9 @@ use crate::{
 
 /// Starts what the options ask for: the metrics address is bound now, so a taken port is bad
 /// input found before anything is attached. Pyroscope's `service_name` is the container or
-/// cgroup name the user gave (its last path component), or the process's name for `--pid`.
+/// cgroup name the user gave (its last path component), the pod's name (or its container's,
+/// with `--container`) for `--pod`, or the process's name for `--pid`; labels `node` (the host
+/// name) and, for `--pod`, `namespace`, `pod` and `container`.
 pub(super) fn start(opt: &Opt, label: &str, pid: Option<u32>) -> Result<Exporters, ExportError> {
     let options = ExportOptions {
         metrics: opt.metrics,
@@ -32,7 +34,19 @@ pub(super) fn start(opt: &Opt, label: &str, pid: Option<u32>) -> Result<Exporter
         Some(pid) => target::procs::comm(pid).unwrap_or_else(|| format!("pid-{pid}")),
         None => label.rsplit('/').find(|s| !s.is_empty()).unwrap_or(label).to_string(),
     };
-    let exporters = Exporters::start(&options, label, &service, opt.interval)?;
+    // `node` always (a fleet pushes from many); `namespace`, `pod`, `container` for `--pod`.
+    let mut labels = Vec::new();
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        labels.push(("node".to_string(), host.trim().to_string()));
+    }
+    if let Some(pod) = &opt.pod {
+        labels.push(("namespace".to_string(), pod.namespace.clone()));
+        labels.push(("pod".to_string(), pod.name.clone()));
+        if let Some(c) = &opt.container {
+            labels.push(("container".to_string(), c.clone()));
+        }
+    }
+    let exporters = Exporters::start(&options, label, &service, &labels, opt.interval)?;
     if let Some(m) = &exporters.metrics {
         log::info!("metrics at http://{}/metrics", m.addr());
     }
