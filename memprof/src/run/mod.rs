@@ -4,6 +4,7 @@
 mod export;
 mod finish;
 mod log_limit;
+mod memory;
 pub(crate) use log_limit::{SKIPPED as SKIPPED_LOG, UNBOUNDED as UNBOUNDED_LOG};
 mod processes;
 mod session;
