@@ -347,8 +347,12 @@ impl RuntimesInfo {
             if versions.is_empty() { String::new() } else { format!(" ({})", versions.join(", ")) }
         );
         if self.js_frames > 0 {
-            let tiers: Vec<String> = self.js_tiers.iter().filter(|(_, &n)| n > 0).map(|(t, n)| format!("{t} {n}")).collect();
-            line.push_str(&format!("; {} JS frames named ({})", self.js_tiers.values().sum::<u64>(), tiers.join(", ")));
+            // `optimized_from_*` say how the optimised ones were expanded; not tiers of their own.
+            let is_tier = |t: &str| !t.starts_with("optimized_from_");
+            let tiers: Vec<String> =
+                self.js_tiers.iter().filter(|(t, n)| **n > 0 && is_tier(t)).map(|(t, n)| format!("{t} {n}")).collect();
+            let named: u64 = self.js_tiers.iter().filter(|(t, _)| is_tier(t)).map(|(_, n)| n).sum();
+            line.push_str(&format!("; {named} distinct JS frames named ({})", tiers.join(", ")));
             if self.js_inlined_frames > 0 {
                 line.push_str(&format!(", {} inlined frames expanded", self.js_inlined_frames));
             }
