@@ -334,18 +334,7 @@ pub fn baseline_bytecode_offset<M: Memory + ?Sized>(
 /// [`baseline_bytecode_offset`] on the bytes: the bytecode offset for code offset `pc_off`.
 pub fn offset_in_table(table: &[u8], bytecodes: &[u8], sizes: &BytecodeSizes, pc_off: u64) -> Option<u32> {
     let mut i = 0usize;
-    let vlq = |i: &mut usize| -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *table.get(*i)?;
-            *i += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    };
+    let vlq = |i: &mut usize| super::positions::vlq(table, i);
     let mut end = vlq(&mut i)?;
     if pc_off < end {
         return Some(0);

@@ -13,8 +13,10 @@ use super::heap::{
 };
 use super::layout::Layout;
 
-/// One VLQ at `*i` (advanced), or None when the table ends inside it or it overflows.
-fn vlq(table: &[u8], i: &mut usize) -> Option<u64> {
+/// One VLQ at `*i` (advanced), or None when the table ends inside it or it overflows (V8's
+/// unsigned VLQ: 7 bits a byte, low first, bit 7 = more; also the encoding of baseline offset
+/// tables and deoptimization translations).
+pub(super) fn vlq(table: &[u8], i: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *table.get(*i)?;

@@ -41,17 +41,9 @@ pub struct TranslatedFrame {
     pub bytecode_offset: Option<u32>,
 }
 
+/// One unsigned VLQ operand (at most 32 bits).
 fn uvlq(buf: &[u8], i: &mut usize) -> Option<u32> {
-    let mut v = 0u32;
-    for shift in (0..35).step_by(7) {
-        let b = *buf.get(*i)?;
-        *i += 1;
-        v |= u32::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
+    u32::try_from(super::positions::vlq(buf, i)?).ok()
 }
 
 fn signed(u: u32) -> i32 {
