@@ -173,7 +173,7 @@ pub fn read_code<M: Memory + ?Sized>(mem: &M, layout: &Layout, code: u64) -> Res
 }
 
 /// An element of a (trusted, protected) FixedArray.
-fn element<M: Memory + ?Sized>(mem: &M, layout: &Layout, array: u64, i: u64, what: &'static str) -> Result<u64, HeapError> {
+pub(super) fn element<M: Memory + ?Sized>(mem: &M, layout: &Layout, array: u64, i: u64, what: &'static str) -> Result<u64, HeapError> {
     let n = field(mem, array, layout.fixed_array_length, what)?;
     if !super::heap::is_smi(n) || (super::heap::smi_value(n) as i64) <= i as i64 {
         return Err(HeapError::Bad { what, addr: array, why: "index out of range" });

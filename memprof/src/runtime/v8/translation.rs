@@ -20,7 +20,7 @@
 //! a translation must hold exactly the frames its `BEGIN` announces, every literal must be a
 //! SharedFunctionInfo, or nothing is taken from it.
 
-use super::code::CodeInfo;
+use super::code::{CodeInfo, element};
 use super::heap::{HeapError, Memory, byte_array, field, instance_type, is_smi, read_bytes, smi_value, untag};
 use super::layout::Layout;
 use super::opcodes::Opcodes;
@@ -223,14 +223,10 @@ pub fn frames_at<M: Memory + ?Sized>(
     let translation = byte_array(mem, layout, word(0).ok_or(bad("no translation"))?, "translation")?;
     let literals = word(layout.deopt_literal_array).ok_or(bad("no literal array"))?;
     let raw = decode(&translation, ops, translation_index as usize).ok_or(bad("translation does not decode"))?;
-    let lits_len = field(mem, literals, layout.fixed_array_length, "literals.length")?;
-    let lits_len = if is_smi(lits_len) { smi_value(lits_len) } else { -1 };
     let mut out = Vec::with_capacity(raw.len());
     for (literal, bytecode_offset) in raw {
-        if literal < 0 || literal >= lits_len {
-            return Err(bad("literal id out of range"));
-        }
-        let sfi = field(mem, literals, layout.fixed_array_data + 8 * literal as u64, "literal")?;
+        let literal = u64::try_from(literal).map_err(|_| bad("literal id out of range"))?;
+        let sfi = element(mem, layout, literals, literal, "literal")?;
         if instance_type(mem, layout, sfi)? != layout.type_sfi {
             return Err(bad("a frame's literal is not a SharedFunctionInfo"));
         }
